@@ -1,0 +1,383 @@
+"""Keras layers whose kernels carry a pruning mask.
+
+`MaskedDense` and `MaskedConv2D` take the arguments of `keras.layers.Dense` and
+`keras.layers.Conv2D` and add one non-trainable weight, `mask`, of the kernel's shape. The
+forward pass uses `kernel * mask`, so pruned weights contribute nothing, receive exactly zero
+gradient from the loss, and the mask is saved and restored with the model.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+from keras import activations, constraints, initializers, ops, regularizers
+from keras.src.backend import standardize_data_format
+from keras.src.models.functional import Functional
+
+from tfprune.errors import ModelError
+
+_PACKAGE = "tfprune"
+
+
+class _MaskedKernelLayer(keras.layers.Layer):
+    """Shared state of the masked layers: kernel, optional bias and mask."""
+
+    def __init__(
+        self,
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+
+    def _build_weights(self, kernel_shape: tuple[int, ...], bias_size: int) -> None:
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=kernel_shape,
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(bias_size,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        else:
+            self.bias = None
+        # Written in cross-replica context only (pruning); every replica then reads the same
+        # value, and a write from replica context keeps the first replica's value.
+        self.mask = self.add_weight(
+            name="mask",
+            shape=kernel_shape,
+            initializer="ones",
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
+
+    @property
+    def masked_kernel(self):
+        """The kernel as the forward pass sees it: `kernel * mask`."""
+        kernel = self.kernel
+        return ops.multiply(kernel, ops.cast(self.mask, kernel.dtype))
+
+    def _finish(self, outputs):
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "activation": activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedDense(_MaskedKernelLayer):
+    """Densely connected layer whose kernel is multiplied by a 0/1 mask.
+
+    Args:
+        units: Dimensionality of the output.
+        activation: Activation function, as for `keras.layers.Dense`.
+        use_bias: Whether the layer adds a bias vector.
+        kernel_initializer, bias_initializer: Initializers of kernel and bias.
+        kernel_regularizer, bias_regularizer, activity_regularizer: Regularizers.
+        kernel_constraint, bias_constraint: Constraints.
+        **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> layer = MaskedDense(4)
+    >>> y = layer(keras.ops.ones((2, 3)))
+    >>> tuple(layer.mask.shape)
+    (3, 4)
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        input_dim = input_shape[-1]
+        self._build_weights((input_dim, self.units), self.units)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+
+    def call(self, inputs):
+        outputs = ops.matmul(inputs, self.masked_kernel)
+        if self.bias is not None:
+            outputs = ops.add(outputs, self.bias)
+        return self._finish(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["units"] = self.units
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MaskedConv2D(_MaskedKernelLayer):
+    """2D convolution whose kernel is multiplied by a 0/1 mask.
+
+    Args:
+        filters: Number of output channels.
+        kernel_size: An int or a pair of ints, the window's height and width.
+        strides: An int or a pair of ints.
+        padding: `"valid"` or `"same"` (case-insensitive).
+        data_format: `"channels_last"` (default) or `"channels_first"`.
+        dilation_rate: An int or a pair of ints.
+        groups: Number of groups the input channels are split into.
+        activation, use_bias, *_initializer, *_regularizer, *_constraint: As for
+            `keras.layers.Conv2D`.
+        **kwargs: Base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> layer = MaskedConv2D(8, 3, padding="same")
+    >>> y = layer(keras.ops.ones((1, 5, 5, 2)))
+    >>> tuple(layer.mask.shape)
+    (3, 3, 2, 8)
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size,
+        strides=(1, 1),
+        padding: str = "valid",
+        data_format: str | None = None,
+        dilation_rate=(1, 1),
+        groups: int = 1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = str(padding).lower()
+        if self.padding not in ("valid", "same"):
+            raise ModelError(f"padding must be 'valid' or 'same', got {padding!r}")
+        self.data_format = standardize_data_format(data_format)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.groups = int(groups)
+        if self.groups < 1 or self.filters % self.groups:
+            raise ModelError(
+                f"groups={groups} must be positive and divide filters={filters}"
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        input_channels = input_shape[channel_axis]
+        if input_channels % self.groups:
+            raise ModelError(
+                f"groups={self.groups} must divide the {input_channels} input channels"
+            )
+        kernel_shape = self.kernel_size + (input_channels // self.groups, self.filters)
+        self._build_weights(kernel_shape, self.filters)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis: input_channels})
+
+    def call(self, inputs):
+        outputs = ops.conv(
+            inputs,
+            self.masked_kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+        if self.bias is not None:
+            if self.data_format == "channels_last":
+                bias = ops.reshape(self.bias, (1, 1, 1, self.filters))
+            else:
+                bias = ops.reshape(self.bias, (1, self.filters, 1, 1))
+            outputs = ops.add(outputs, bias)
+        return self._finish(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        ).compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "dilation_rate": self.dilation_rate,
+                "groups": self.groups,
+            }
+        )
+        return config
+
+
+MASKED_LAYERS = (MaskedDense, MaskedConv2D)
+
+
+class PrunableWeight(NamedTuple):
+    """A prunable kernel, its mask and the layer that owns them."""
+
+    kernel: keras.Variable
+    mask: keras.Variable
+    layer: keras.layers.Layer
+
+
+def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
+    """Lists a model's prunable (kernel, mask) pairs, keyed by the kernel variable's path.
+
+    Nested models and layers are searched too. The order is the order in which the layers
+    appear in the model, which is also the flat order used to break ties in selection.
+
+    Args:
+        model: A built Keras model or layer.
+
+    Returns:
+        An ordered dict `{kernel.path: PrunableWeight(kernel, mask, layer)}`.
+
+    Raises:
+        ModelError: if the model is not built or two kernels share a path.
+    """
+    found: dict[str, PrunableWeight] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if not isinstance(layer, MASKED_LAYERS):
+            continue
+        if not layer.built:
+            raise ModelError(
+                f"layer {layer.name!r} is not built: call the model on an input "
+                "(or build it) before pruning"
+            )
+        path = layer.kernel.path
+        if path in found and found[path].layer is not layer:
+            raise ModelError(
+                f"two prunable kernels share the path {path!r}: give the layers unique names"
+            )
+        found[path] = PrunableWeight(layer.kernel, layer.mask, layer)
+    return found
+
+
+_DENSE_KEYS = (
+    "units activation use_bias kernel_initializer bias_initializer kernel_regularizer "
+    "bias_regularizer activity_regularizer kernel_constraint bias_constraint name trainable "
+    "dtype"
+).split()
+_CONV_KEYS = _DENSE_KEYS[1:] + (
+    "filters kernel_size strides padding data_format dilation_rate groups".split()
+)
+
+
+def _masked_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """Returns a masked layer with `layer`'s configuration, or a fresh copy of `layer`."""
+    if type(layer) is keras.layers.Dense:
+        keys, cls = _DENSE_KEYS, MaskedDense
+    elif type(layer) is keras.layers.Conv2D:
+        keys, cls = _CONV_KEYS, MaskedConv2D
+    else:
+        return layer.__class__.from_config(layer.get_config())
+    config = layer.get_config()
+    if config.get("lora_rank"):
+        raise ModelError(f"layer {layer.name!r} uses LoRA, which masked layers do not support")
+    return cls(**{key: config[key] for key in keys if key in config})
+
+
+def masked(model: keras.Model) -> keras.Model:
+    """Returns the same model with every stock `Dense`/`Conv2D` replaced by its masked twin.
+
+    The new model has the original's architecture, layer names and weights; every mask starts
+    at one. Functional and Sequential models are supported, nested ones included.
+
+    Args:
+        model: A built functional or Sequential `keras.Model`.
+
+    Returns:
+        A new `keras.Model`; the original is left unchanged.
+
+    Example:
+
+    >>> base = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> pruned = masked(base)
+    >>> type(pruned.layers[0]).__name__
+    'MaskedDense'
+    """
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ModelError(
+            "tfprune.masked accepts functional or Sequential Keras models; for a subclassed "
+            "model, use MaskedDense/MaskedConv2D in its definition"
+        )
+    if not model.built:
+        raise ModelError("the model is not built: give it an Input or call it once first")
+    clone = keras.models.clone_model(model, clone_function=_masked_twin, recursive=True)
+    _copy_weights(model, clone)
+    return clone
+
+
+def _copy_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
+    """Copies every weighted layer's weights to the same-named layer of `target`."""
+    targets = {
+        layer.name: layer
+        for layer in target._flatten_layers(include_self=False, recursive=True)
+        if not isinstance(layer, keras.Model)
+    }
+    for old in source._flatten_layers(include_self=False, recursive=True):
+        if isinstance(old, keras.Model) or not old.weights:
+            continue
+        new = targets[old.name]
+        if isinstance(new, MASKED_LAYERS):
+            new.kernel.assign(old.kernel)
+            if new.bias is not None:
+                new.bias.assign(old.bias)
+        else:
+            for dst, src in zip(new.weights, old.weights, strict=True):
+                dst.assign(src)
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ModelError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return pair

@@ -1,0 +1,3 @@
+"""The tfprune version."""
+
+__version__ = "0.1.0"
