@@ -22,6 +22,7 @@ setup(
         "tensorflow>=2.16",
         "keras>=3",
         "tensorflow-datasets",
+        "tensorboard",
         "gin-config",
         "absl-py",
         "numpy",

@@ -23,3 +23,7 @@ class OutputError(TfpruneError):
 
 class ModelError(TfpruneError, ValueError):
     """A model cannot be used as asked (no prunable layers, unsupported layer, ...)."""
+
+
+class TrainingError(TfpruneError):
+    """Training cannot go on (for example the loss became NaN); the last good checkpoint stays."""

@@ -1,0 +1,50 @@
+"""Helpers shared by the command-line entry points: gin parsing and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import gin
+
+from tfprune.errors import ConfigError
+
+
+def fail(program: str, message: str) -> None:
+    """Prints `program: error: message` on one line to stderr and exits with status 2."""
+    one_line = " ".join(str(message).split())
+    sys.stderr.write(f"{program}: error: {one_line}\n")
+    sys.exit(2)
+
+
+def parse_gin(files: list[str], bindings: list[str]) -> None:
+    """Parses gin files then bindings; includes resolve next to the including files.
+
+    Raises:
+        ConfigError: for a missing file or an invalid binding, with gin's reason in one line.
+    """
+    for path in files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"gin file {path!r} does not exist")
+        directory = os.path.dirname(os.path.abspath(path))
+        for prefix in (directory, os.path.dirname(directory)):
+            gin.add_config_file_search_path(prefix)
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+    except (ValueError, SyntaxError, OSError, TypeError, KeyError) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"invalid gin configuration: {reason}") from error
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

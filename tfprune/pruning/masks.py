@@ -1,0 +1,85 @@
+"""Reading, writing and summarising a model's masks, addressed by kernel path."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from tfprune.errors import ConfigError, DataError
+from tfprune.layers import prunable_weights
+
+
+def get_masks(model: keras.layers.Layer) -> dict[str, np.ndarray]:
+    """Returns `{kernel path: mask}` of every prunable kernel of `model` (copies)."""
+    return {path: np.array(w.mask.numpy()) for path, w in prunable_weights(model).items()}
+
+
+def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> None:
+    """Assigns `masks` to the model's mask variables.
+
+    Args:
+        model: A model with masked layers.
+        masks: `{kernel path: 0/1 array}` naming exactly the model's prunable kernels.
+
+    Raises:
+        ConfigError: if the paths, shapes or values do not fit the model.
+    """
+    weights = prunable_weights(model)
+    if set(weights) != set(masks):
+        extra, missing = sorted(set(masks) - set(weights)), sorted(set(weights) - set(masks))
+        raise ConfigError(
+            f"masks do not fit the model: unknown paths {extra[:3]}, missing paths {missing[:3]}"
+        )
+    for path, weight in weights.items():
+        value = np.asarray(masks[path])
+        if value.shape != tuple(weight.mask.shape):
+            raise ConfigError(
+                f"mask for {path} has shape {value.shape}, the kernel {tuple(weight.mask.shape)}"
+            )
+        if not np.all((value == 0) | (value == 1)):
+            raise ConfigError(f"mask for {path} has values other than 0 and 1")
+        weight.mask.assign(value.astype(weight.mask.dtype))
+
+
+def layer_densities(masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Returns `{path: fraction of the kernel kept}`."""
+    return {path: float(np.count_nonzero(m)) / m.size for path, m in masks.items()}
+
+
+def overall_density(masks: dict[str, np.ndarray]) -> float:
+    """Returns kept / total over all the prunable weights in `masks`."""
+    total = sum(m.size for m in masks.values())
+    return float(sum(np.count_nonzero(m) for m in masks.values())) / total
+
+
+def collapsed_layers(masks: dict[str, np.ndarray]) -> list[str]:
+    """Returns the paths of the kernels that keep no weight at all (layer collapse)."""
+    return [path for path, m in masks.items() if not np.any(m)]
+
+
+def save_masks(path: str, masks: dict[str, np.ndarray]) -> None:
+    """Writes `masks` to an `.npz` file atomically (temporary file, then rename).
+
+    Masks are stored as uint8, keyed by kernel path.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_masks(path: str) -> dict[str, np.ndarray]:
+    """Reads masks written by `save_masks` as float32 0/1 arrays."""
+    if not os.path.exists(path):
+        raise DataError(f"no mask file at {path}")
+    with np.load(path) as data:
+        return {key: data[key].astype(np.float32) for key in data.files}

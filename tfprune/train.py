@@ -1,0 +1,84 @@
+"""Command line: train one (pruned) network from gin configs.
+
+    python -m tfprune.train --gin_file=gin_configs/snip.gin [--gin_file=...]
+        [--gin_bindings="experiment.density = 0.1" ...] [--output_dir=D] [--overwrite]
+
+Configurables: `experiment` (`tfprune.experiment.Experiment`) and `training`
+(`tfprune.training.TrainConfig`). Errors a user can cause end with a one-line message on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from tfprune.cli import fail, parse_gin, write_text_atomic  # noqa: E402
+from tfprune.errors import TfpruneError  # noqa: E402
+from tfprune.experiment import Experiment, default_output_dir, run  # noqa: E402
+from tfprune.training import Interrupted, TrainConfig  # noqa: E402
+
+FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, applied after the files.")
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Run directory (default: runs/<dataset>-<model>/<method>-...)."
+)
+OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a run of a different configuration in --output_dir."
+)
+
+experiment_configurable = gin.external_configurable(Experiment, "experiment")
+training_configurable = gin.external_configurable(TrainConfig, "training")
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a checkpoint-and-stop request for the training loop."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        logging.warning("signal %d received: writing a checkpoint, then stopping", signum)
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail("tfprune.train", f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        parse_gin(FLAGS.value, BINDINGS.value)
+        experiment = experiment_configurable()
+        training = training_configurable()
+        output_dir = OUTPUT_DIR.value or default_output_dir(experiment, training)
+        stop = _StopRequest()
+        results = run(
+            experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop
+        )
+        write_text_atomic(os.path.join(output_dir, "operative_config.gin"),
+                          gin.operative_config_str())
+    except Interrupted as interrupted:
+        logging.warning("%s", interrupted)
+        sys.exit(128 + (stop.signal or signal.SIGINT))
+    except TfpruneError as error:
+        fail("tfprune.train", str(error))
+    print(
+        f"test_accuracy={results['test_accuracy']:.4f} density={results['density_actual']:.5f} "
+        f"run_dir={output_dir}"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,487 @@
+"""Training: the optimizer and schedule of SPEC §5, and a resumable, distributed training loop.
+
+The loop runs inside a `tf.distribute` strategy: the model and optimizer must be created in
+its scope, the train step runs per replica through `strategy.run`, and the global batch is
+split across replicas. Checkpoints are written atomically every epoch and the loop resumes from
+the newest readable one. Pruning at a given step is a hook (`on_step`) that the caller supplies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from keras import ops
+
+from tfprune.errors import ConfigError, TrainingError
+from tfprune.steps import to_iterations
+
+CHECKPOINT_PREFIX = "ckpt-"
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class SGD(keras.optimizers.Optimizer):
+    """Stochastic gradient descent as PyTorch's `torch.optim.SGD` computes it.
+
+    `g ← g + weight_decay · w` (coupled L2, on every parameter), `b ← momentum · b + g`,
+    `w ← w − lr · b`. Unlike `keras.optimizers.SGD`, the learning rate multiplies the whole
+    momentum buffer at each step, so a learning-rate drop takes effect at once.
+
+    Args:
+        learning_rate: A float or a `LearningRateSchedule`.
+        momentum: Momentum factor (0 disables the buffer). Not Nesterov.
+        weight_decay: Coupled L2 coefficient added to the gradient.
+        **kwargs: Base `keras.optimizers.Optimizer` arguments, except `weight_decay`.
+
+    Example:
+
+    >>> opt = SGD(0.1, momentum=0.9, weight_decay=1e-4)
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        name: str = "sgd",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if momentum < 0 or weight_decay < 0:
+            raise ConfigError(
+                f"momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}"
+            )
+        self.momentum = float(momentum)
+        # The base class's `weight_decay` is decoupled; this one is added to the gradient.
+        self.coupled_weight_decay = float(weight_decay)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = []
+        if self.momentum:
+            for variable in variables:
+                self.momentums.append(self.add_variable_from_reference(variable, "momentum"))
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.coupled_weight_decay:
+            gradient = ops.add(gradient, ops.multiply(self.coupled_weight_decay, variable))
+        if self.momentum:
+            buffer = self.momentums[self._get_variable_index(variable)]
+            self.assign(buffer, ops.add(ops.multiply(self.momentum, buffer), gradient))
+            gradient = buffer
+        self.assign_sub(variable, ops.multiply(learning_rate, gradient))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum, "weight_decay": self.coupled_weight_decay})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfprune")
+class PiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Per-iteration learning rate: linear warmup, then ×`gamma` at each boundary.
+
+    `lr(t) = base · gamma^(#boundaries ≤ t) · min(1, t / warmup_steps)`, as the paper's code
+    computes it (the warmup factor starts at 0 on the first iteration).
+
+    Args:
+        base_learning_rate: Learning rate after warmup and before the first boundary.
+        boundaries: Iterations at which the rate is multiplied by `gamma`.
+        gamma: The multiplier.
+        warmup_steps: Length of the linear warmup in iterations (0: none).
+
+    Example:
+
+    >>> PiecewiseSchedule(0.1, [100], 0.1)(150)  # 0.01
+    """
+
+    def __init__(
+        self,
+        base_learning_rate: float,
+        boundaries: Sequence[int] = (),
+        gamma: float = 0.1,
+        warmup_steps: int = 0,
+    ):
+        self.base_learning_rate = float(base_learning_rate)
+        self.boundaries = [int(b) for b in boundaries]
+        self.gamma = float(gamma)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        factor = tf.constant(1.0)
+        for boundary in self.boundaries:
+            factor *= tf.where(step >= boundary, self.gamma, 1.0)
+        if self.warmup_steps:
+            factor *= tf.minimum(1.0, step / self.warmup_steps)
+        return self.base_learning_rate * factor
+
+    def get_config(self):
+        return {
+            "base_learning_rate": self.base_learning_rate,
+            "boundaries": self.boundaries,
+            "gamma": self.gamma,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train (SPEC §5). Durations accept `"<n>ep"`, `"<n>it"` or ints (iterations).
+
+    Args:
+        epochs: Training length in epochs (ignored when `steps` is set).
+        steps: Training length as a step position, for example `"5000it"`.
+        batch_size: Global batch size, split across replicas.
+        learning_rate: Base learning rate.
+        momentum: SGD momentum (0 for plain SGD).
+        weight_decay: Coupled L2 coefficient on all parameters.
+        milestones: Positions where the learning rate is multiplied by `gamma`; an int means
+            an epoch, as in the paper's tables.
+        gamma: The learning-rate multiplier at each milestone.
+        warmup: Linear warmup length.
+        keep_checkpoints: How many of the newest checkpoints to keep.
+        log_every_steps: How often the progress display and TensorBoard get the train metrics.
+        progress: Show a progress bar.
+    """
+
+    epochs: int = 10
+    steps: str | int | None = None
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    milestones: Sequence[str | int] = ()
+    gamma: float = 0.1
+    warmup: str | int = "0it"
+    keep_checkpoints: int = 2
+    log_every_steps: int = 50
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raises ConfigError for a value that cannot be trained with."""
+        for name in ("batch_size", "keep_checkpoints", "log_every_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
+        if self.steps is None and (
+            isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1
+        ):
+            raise ConfigError(f"training.epochs must be a positive integer, got {self.epochs!r}")
+        for name in ("learning_rate", "momentum", "weight_decay", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"training.{name} must be a number >= 0, got {value!r}")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The training length in iterations."""
+        if self.steps is not None:
+            total = to_iterations(self.steps, steps_per_epoch, "training.steps")
+        else:
+            total = self.epochs * steps_per_epoch
+        if total < 1:
+            raise ConfigError("training must last at least one iteration")
+        return total
+
+    def schedule(self, steps_per_epoch: int) -> PiecewiseSchedule:
+        """The per-iteration learning-rate schedule."""
+        boundaries = [
+            m * steps_per_epoch if isinstance(m, int) and not isinstance(m, bool)
+            else to_iterations(m, steps_per_epoch, "training.milestones")
+            for m in self.milestones
+        ]
+        warmup = to_iterations(self.warmup, steps_per_epoch, "training.warmup")
+        return PiecewiseSchedule(self.learning_rate, sorted(boundaries), self.gamma, warmup)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a checkpoint stores besides the variables."""
+
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    wall_seconds: float = 0.0
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+class Trainer:
+    """Trains a Keras model with a custom, resumable, distributed loop.
+
+    Args:
+        model: The model, created in `strategy.scope()`. It must output logits.
+        config: The training settings.
+        train_data: `epoch, skip_batches -> tf.data.Dataset` of one epoch's `(x, y)` global
+            batches, skipping the first `skip_batches`; its order must depend only on the epoch.
+        eval_data: `() -> tf.data.Dataset` of `(x, y)` evaluation batches.
+        steps_per_epoch: Iterations in one epoch.
+        output_dir: Where checkpoints and TensorBoard logs go.
+        strategy: The `tf.distribute` strategy (default: the current one).
+        on_step: Called as `on_step(step, state)` before the iteration `step` runs (and once
+            more with the final step); the pruning hook. It may change the model's masks.
+        should_stop: Polled between iterations; when it returns True, a checkpoint is written
+            and `Interrupted` is raised.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        config: TrainConfig,
+        train_data: Callable[[int, int], tf.data.Dataset],
+        eval_data: Callable[[], tf.data.Dataset],
+        steps_per_epoch: int,
+        output_dir: str,
+        strategy: tf.distribute.Strategy | None = None,
+        on_step: Callable[[int, TrainState], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        config.validate()
+        self.model = model
+        self.config = config
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = config.total_steps(self.steps_per_epoch)
+        self.output_dir = output_dir
+        self.checkpoint_dir = os.path.join(output_dir, "checkpoints")
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.on_step = on_step or (lambda step, state: None)
+        self.should_stop = should_stop or (lambda: False)
+        with self.strategy.scope():
+            self.schedule = config.schedule(self.steps_per_epoch)
+            self.optimizer = SGD(self.schedule, config.momentum, config.weight_decay)
+            self.optimizer.build(model.trainable_variables)
+            self._sums = {
+                name: tf.Variable(0.0, trainable=False, dtype=tf.float64,
+                                  aggregation=tf.VariableAggregation.SUM,
+                                  synchronization=tf.VariableSynchronization.ON_READ)
+                for name in ("loss", "correct", "count")
+            }
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    def run(self) -> TrainState:
+        """Trains to the end, resuming from the newest checkpoint; returns the final state."""
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        state = self.restore() or TrainState()
+        if state.step:
+            logging.info("resuming at iteration %d of %d", state.step, self.total_steps)
+        writer = tf.summary.create_file_writer(os.path.join(self.output_dir, "tensorboard"))
+        started = time.time() - state.wall_seconds
+        while state.step < self.total_steps:
+            epoch = state.step // self.steps_per_epoch
+            skip = state.step % self.steps_per_epoch
+            epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
+            epoch_started = time.time()
+            self._reset_sums()
+            progress = keras.utils.Progbar(
+                epoch_end - state.step, verbose=1 if self.config.progress else 0,
+                stateful_metrics=["loss", "accuracy", "lr"],
+            )
+            logging.info("epoch %d: iterations %d to %d", epoch + 1, state.step, epoch_end)
+            dataset = self.strategy.experimental_distribute_dataset(
+                self.train_data(epoch, skip).take(epoch_end - state.step)
+            )
+            for done, (x, y) in enumerate(dataset, start=1):
+                self.on_step(state.step, state)
+                self._train_step(x, y)
+                state.step += 1
+                if done % self.config.log_every_steps == 0 or state.step == epoch_end:
+                    train = self._read_sums()
+                    self._check_finite(train["loss"], state.step)
+                    progress.update(done, [("loss", train["loss"]),
+                                           ("accuracy", train["accuracy"]),
+                                           ("lr", self.learning_rate(state.step - 1))])
+                    with writer.as_default(step=state.step):
+                        tf.summary.scalar("train/loss", train["loss"])
+                        tf.summary.scalar("train/lr", self.learning_rate(state.step - 1))
+                if self.should_stop():
+                    state.wall_seconds = time.time() - started
+                    self.save(state)
+                    raise Interrupted(state.step)
+            if state.step < epoch_end:
+                raise TrainingError(
+                    f"the training data ended after iteration {state.step}, expected {epoch_end}"
+                )
+            train = self._read_sums()
+            evaluation = self.evaluate()
+            record = {
+                "epoch": epoch + 1,
+                "step": state.step,
+                "train_loss": train["loss"],
+                "train_accuracy": train["accuracy"],
+                "test_loss": evaluation["loss"],
+                "test_accuracy": evaluation["accuracy"],
+                "lr": self.learning_rate(state.step - 1),
+                "seconds": time.time() - epoch_started,
+            }
+            state.history.append(record)
+            logging.info(
+                "epoch %d (iteration %d): train loss %.4f acc %.4f, test loss %.4f acc %.4f",
+                epoch + 1, state.step, record["train_loss"], record["train_accuracy"],
+                record["test_loss"], record["test_accuracy"],
+            )
+            with writer.as_default(step=state.step):
+                for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+                    tf.summary.scalar(key.replace("_", "/", 1), record[key])
+            writer.flush()
+            state.wall_seconds = time.time() - started
+            self.save(state)
+        self.on_step(state.step, state)
+        return state
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate used at iteration `step`."""
+        return float(self.schedule(step))
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and accuracy of the model on the evaluation data."""
+        self._reset_sums()
+        for x, y in self.strategy.experimental_distribute_dataset(self.eval_data()):
+            self._eval_step(x, y)
+        return self._read_sums()
+
+    def _make_train_step(self):
+        model, optimizer, sums = self.model, self.optimizer, self._sums
+
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(x, training=True), tf.float32)
+                per_example = keras.losses.sparse_categorical_crossentropy(
+                    y, logits, from_logits=True
+                )
+                loss = tf.nn.compute_average_loss(per_example)
+                if model.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(gradients, model.trainable_variables)
+            _accumulate(sums, per_example, logits, y)
+
+        @tf.function
+        def train_step(x, y):
+            self.strategy.run(replica_step, args=(x, y))
+
+        return train_step
+
+    def _make_eval_step(self):
+        model, sums = self.model, self._sums
+
+        def replica_step(x, y):
+            logits = tf.cast(model(x, training=False), tf.float32)
+            per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+            _accumulate(sums, per_example, logits, y)
+
+        @tf.function
+        def eval_step(x, y):
+            self.strategy.run(replica_step, args=(x, y))
+
+        return eval_step
+
+    def _reset_sums(self) -> None:
+        for variable in self._sums.values():
+            variable.assign(0.0)
+
+    def _read_sums(self) -> dict[str, float]:
+        count = float(self._sums["count"].numpy())
+        if not count:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        return {
+            "loss": float(self._sums["loss"].numpy()) / count,
+            "accuracy": float(self._sums["correct"].numpy()) / count,
+        }
+
+    def _check_finite(self, loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the training loss became {loss} by iteration {step}; lower the learning rate "
+                f"(the last good checkpoint in {self.checkpoint_dir} is kept)"
+            )
+
+    # Checkpoints: a directory per checkpoint, written under a temporary name and renamed.
+
+    def _variables(self):
+        return list(self.model.variables) + list(self.optimizer.variables)
+
+    def save(self, state: TrainState) -> str:
+        """Writes a checkpoint of the model, the optimizer and `state`; returns its path."""
+        variables = self._variables()
+        target = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{state.step:09d}")
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.checkpoint_dir)
+        try:
+            with open(os.path.join(tmp, "variables.npz"), "wb") as f:
+                np.savez(f, **{f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+            metadata = dataclasses.asdict(state)
+            metadata["paths"] = [v.path for v in variables]
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(metadata, f)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in checkpoints(self.checkpoint_dir)[self.config.keep_checkpoints:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def restore(self) -> TrainState | None:
+        """Loads the newest readable checkpoint into the model and optimizer, if there is one."""
+        for path in checkpoints(self.checkpoint_dir):
+            try:
+                return self._load(path)
+            except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+                logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, error)
+        return None
+
+    def _load(self, path: str) -> TrainState:
+        variables = self._variables()
+        with open(os.path.join(path, "state.json")) as f:
+            metadata = json.load(f)
+        with np.load(os.path.join(path, "variables.npz")) as data:
+            values = [data[f"v{i}"] for i in range(len(variables))]
+            if len(data.files) != len(variables):
+                raise ValueError(f"{len(data.files)} variables stored, {len(variables)} expected")
+        for variable, value in zip(variables, values, strict=True):
+            if tuple(variable.shape) != value.shape:
+                raise ValueError(f"shape {value.shape} stored for {variable.path}")
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+        metadata.pop("paths", None)
+        return TrainState(**metadata)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after writing a checkpoint."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training interrupted at iteration {step}; a checkpoint was written")
+        self.step = step
+
+
+def checkpoints(checkpoint_dir: str) -> list[str]:
+    """The checkpoint directories in `checkpoint_dir`, newest first."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    names = [n for n in os.listdir(checkpoint_dir) if n.startswith(CHECKPOINT_PREFIX)]
+    return [os.path.join(checkpoint_dir, n) for n in sorted(names, reverse=True)]
+
+
+def _accumulate(sums, per_example, logits, labels) -> None:
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float64)
+    sums["loss"].assign_add(tf.reduce_sum(tf.cast(per_example, tf.float64)))
+    sums["correct"].assign_add(tf.reduce_sum(correct))
+    sums["count"].assign_add(tf.cast(tf.size(labels), tf.float64))
