@@ -23,6 +23,7 @@ setup(
         "keras>=3",
         "tensorflow-datasets",
         "tensorboard",
+        "importlib_resources",
         "gin-config",
         "absl-py",
         "numpy",

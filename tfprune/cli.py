@@ -7,6 +7,7 @@ import sys
 import tempfile
 
 import gin
+from absl import logging
 
 from tfprune.errors import ConfigError
 
@@ -30,11 +31,16 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
         directory = os.path.dirname(os.path.abspath(path))
         for prefix in (directory, os.path.dirname(directory)):
             gin.add_config_file_search_path(prefix)
+    # gin logs every include path it tries and misses at error level; failures still raise.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
     except (ValueError, SyntaxError, OSError, TypeError, KeyError) as error:
         reason = " ".join(str(error).split())
         raise ConfigError(f"invalid gin configuration: {reason}") from error
+    finally:
+        logging.set_verbosity(verbosity)
 
 
 def write_text_atomic(path: str, text: str) -> None:

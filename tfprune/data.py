@@ -173,7 +173,7 @@ def _check_name(name: Any) -> str:
 
 
 def _tfds():
-    """Imports tensorflow_datasets on first use: it is slow to import and the IDX path needs none."""
+    """Imports tensorflow_datasets on first use: slow to import, and the IDX path needs none."""
     import tensorflow_datasets as tfds
 
     return tfds
@@ -232,7 +232,7 @@ def _parse_idx_header(raw: bytes, path: Path, ndim: int) -> tuple[int, ...]:
             f"{raw[:4].hex() or 'missing'}): replace it with an intact copy"
         )
     if len(raw) < header:
-        raise DataError(f"{path} is truncated inside its IDX header: replace it with an intact copy")
+        raise DataError(f"{path} is truncated in its IDX header: replace it with an intact copy")
     return struct.unpack(f">{ndim}I", raw[4:header])
 
 
@@ -242,7 +242,9 @@ def _read_idx(path: Path, ndim: int, *, header_only: bool = False) -> np.ndarray
         with _open_idx(path) as f:
             raw = f.read(4 + 4 * ndim) if header_only else f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read {path} ({_first_line(e)}): replace it with an intact copy")
+        raise DataError(
+            f"cannot read {path} ({_first_line(e)}): replace it with an intact copy"
+        ) from e
     dims = _parse_idx_header(raw, path, ndim)
     if header_only:
         return dims
@@ -278,8 +280,10 @@ def _find_idx_files(name: str, data_dir: str | None) -> dict[str, tuple[Path, Pa
             return found
         if present:
             missing = [
-                stem for split, stems in _IDX_FILES.items()
-                for stem, path in zip(stems, found[split]) if path is None
+                stem
+                for split, stems in _IDX_FILES.items()
+                for stem, path in zip(stems, found[split], strict=True)
+                if path is None
             ]
             raise DataError(
                 f"{folder} holds only some IDX files of {name}: add {', '.join(missing)} "
@@ -388,7 +392,7 @@ def _tiny_split(root: Path, split: str) -> _Split:
         raise DataError(
             f"cannot read the {split} images of {root} as {size[0]}x{size[1]} JPEGs "
             f"({_first_line(e)}): replace the damaged files"
-        )
+        ) from e
     return _Split(tf.constant(images), labels)
 
 
@@ -427,7 +431,8 @@ def _prepare(builder, name: str):
     ):
         what = (
             "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org)"
-            if name == "imagenet2012" else "the files its TFDS catalog page lists"
+            if name == "imagenet2012"
+            else "the files its TFDS catalog page lists"
         )
         raise DataError(
             f"{name} must be downloaded by hand: place {what} in {manual_dir} and run again, "
@@ -439,7 +444,7 @@ def _prepare(builder, name: str):
     except Exception as e:  # network, checksum, missing optional module, ...: all user-fixable
         how = _HOW_TO_GET.get(
             name,
-            f"prepare it once with TFDS on a machine with network access and pass that data_dir",
+            "prepare it once with TFDS on a machine with network access and pass that data_dir",
         )
         raise DataError(
             f"{name} is not in {builder.data_dir_root} and TFDS could not prepare it "
@@ -454,7 +459,9 @@ def _tfds_recipe(name: str, builder) -> tuple[_Recipe, str, str]:
     keys = builder.info.supervised_keys
     features = builder.info.features
     if (
-        not keys or len(keys) != 2 or not isinstance(keys[0], str)
+        not keys
+        or len(keys) != 2
+        or not isinstance(keys[0], str)
         or not isinstance(features[keys[0]], tfds.features.Image)
         or not isinstance(features[keys[1]], tfds.features.ClassLabel)
     ):
@@ -475,7 +482,9 @@ def _tfds_split_name(builder, name: str, split: str) -> str:
     for candidate in (split,) if split == "train" else ("test", "validation"):
         if candidate in splits:
             return candidate
-    raise DataError(f"{name} has no {split} split (it has {', '.join(splits)}): pick another dataset")
+    raise DataError(
+        f"{name} has no {split} split (it has {', '.join(splits)}): pick another dataset"
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -493,8 +502,8 @@ class _TfdsSource(_Source):
         self.name = name
         self.data_dir = data_dir
         self.builder = builder
-        self.recipe, _, self.label_key = _tfds_recipe(name, builder)
-        shape = builder.info.features[_tfds_recipe(name, builder)[1]].shape
+        self.recipe, image_key, self.label_key = _tfds_recipe(name, builder)
+        shape = builder.info.features[image_key].shape
         self.in_memory = None not in shape and (
             self.num_examples("train") * math.prod(shape) <= _MAX_IN_MEMORY_BYTES
         )
@@ -524,7 +533,9 @@ class _TfdsSource(_Source):
         if limit is not None:
             ds = ds.take(limit)
         if shuffle:
-            ds = ds.shuffle(_STREAM_SHUFFLE_BUFFER, seed=shuffle_key, reshuffle_each_iteration=False)
+            ds = ds.shuffle(
+                _STREAM_SHUFFLE_BUFFER, seed=shuffle_key, reshuffle_each_iteration=False
+            )
         return ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
 
 
@@ -536,7 +547,9 @@ def _source(name: str, data_dir: str | None) -> _Source:
             return _IdxSource(name, files)
     if name == _TINY:
         return _TinySource(_find_tiny_root(data_dir))
-    return _TfdsSource(name, data_dir, _prepare(_tfds_builder(name, data_dir), name))
+    builder = _tfds_builder(name, data_dir)
+    _tfds_recipe(name, builder)  # a dataset of another kind fails here, before any download
+    return _TfdsSource(name, data_dir, _prepare(builder, name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,9 +627,7 @@ class _Preprocess:
         self.recipe = recipe
         self.normalize = recipe.normalize if normalize is None else normalize
         if self.normalize and recipe.mean is None:
-            raise ConfigError(
-                f"{name} has no mean/std constants: pass normalize=False or None"
-            )
+            raise ConfigError(f"{name} has no mean/std constants: pass normalize=False or None")
 
     def finish(self, image: tf.Tensor) -> tf.Tensor:
         """uint8 or [0, 1] float image(s) → normalised float32, for one image or a batch."""
@@ -647,8 +658,12 @@ def _epoch_key(seed: int, epoch: int) -> int:
 
 
 def _in_memory_examples(
-    split: _Split, order: np.ndarray, batch_size: int, skip: int,
-    prep: _Preprocess, augment_key: int | None,
+    split: _Split,
+    order: np.ndarray,
+    batch_size: int,
+    skip: int,
+    prep: _Preprocess,
+    augment_key: int | None,
 ) -> tf.data.Dataset:
     """Batches of `split` in `order` from example `skip` on, augmented if `augment_key` is set."""
     images, labels = split.images, tf.constant(split.labels)
@@ -882,7 +897,10 @@ def _too_few(name: str, label: int, count: int, wanted: int) -> DataError:
 
 
 def _pruning_data_streamed(
-    source: _Source, prep: _Preprocess, per_class: int, num_classes: int,
+    source: _Source,
+    prep: _Preprocess,
+    per_class: int,
+    num_classes: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     key = int(rng.integers(2**31))

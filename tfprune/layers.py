@@ -282,7 +282,7 @@ def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
         ModelError: if the model is not built or two kernels share a path.
     """
     found: dict[str, PrunableWeight] = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in _layers_in_order(model):
         if not isinstance(layer, MASKED_LAYERS):
             continue
         if not layer.built:
@@ -297,6 +297,22 @@ def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
             )
         found[path] = PrunableWeight(layer.kernel, layer.mask, layer)
     return found
+
+
+def _layers_in_order(root: keras.layers.Layer):
+    """Yields `root` and every layer under it, depth first, in the order each model lists them.
+
+    `Layer._flatten_layers(recursive=True)` reverses the sublayers of nested models, so the
+    walk is done here.
+    """
+    seen, stack = set(), [root]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(reversed(layer._layers))
 
 
 _DENSE_KEYS = (

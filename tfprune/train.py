@@ -14,15 +14,13 @@ import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import gin
+from absl import app, flags, logging
 
-import gin  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from tfprune.cli import fail, parse_gin, write_text_atomic  # noqa: E402
-from tfprune.errors import TfpruneError  # noqa: E402
-from tfprune.experiment import Experiment, default_output_dir, run  # noqa: E402
-from tfprune.training import Interrupted, TrainConfig  # noqa: E402
+from tfprune.cli import fail, parse_gin, write_text_atomic
+from tfprune.errors import TfpruneError
+from tfprune.experiment import Experiment, default_output_dir, run
+from tfprune.training import Interrupted, TrainConfig
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
 BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, applied after the files.")

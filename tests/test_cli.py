@@ -1,0 +1,173 @@
+"""The training command: shipped configs, results on disk, bad input, resume after SIGKILL."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHOD_FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "*.gin")))
+TINY = [
+    "--gin_bindings=experiment.train_limit = 256",
+    "--gin_bindings=experiment.test_limit = 256",
+    "--gin_bindings=training.progress = False",
+]
+LENET_PRUNABLE = 266_200
+
+
+def _train(*args, timeout=300, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "tfprune.train", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs,
+    )
+
+
+def _results(run_dir):
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def test_every_shipped_method_file_is_found():
+    names = {os.path.basename(p) for p in METHOD_FILES}
+    assert {"dense.gin", "random.gin", "magnitude.gin", "snip.gin", "default.gin"} <= names
+
+
+@pytest.mark.parametrize("gin_file", METHOD_FILES, ids=os.path.basename)
+def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = _train(f"--gin_file={gin_file}", "--gin_bindings=training.steps = 1", *TINY,
+                  f"--output_dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = _results(run_dir)
+    assert results["steps"] == 1 and len(results["history"]) == 1
+    assert results["dataset"] == "fashion_mnist" and results["model"] == "lenet_300_100"
+    with np.load(os.path.join(run_dir, "masks.npz")) as data:
+        masks = {k: data[k] for k in data.files}
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert sum(m.size for m in masks.values()) == LENET_PRUNABLE
+    # SPEC §1: exactly round(d * N) weights kept.
+    assert kept == round(results["density_target"] * LENET_PRUNABLE)
+    assert results["density_actual"] == pytest.approx(kept / LENET_PRUNABLE)
+    assert set(results["layer_density"]) == set(masks)
+    for path, fraction in results["layer_density"].items():
+        assert fraction == pytest.approx(masks[path].mean())
+    for name in ("operative_config.gin", "config.json"):
+        assert os.path.exists(os.path.join(run_dir, name))
+    with open(os.path.join(run_dir, "operative_config.gin")) as f:
+        assert f"experiment.method = '{results['method']}'" in f.read()
+    for key in ("method", "ablations", "density_target", "density_actual", "layer_density", "seed",
+                "dataset", "model", "test_accuracy", "test_loss", "history", "wall_seconds",
+                "tfprune_version"):
+        assert key in results
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"):
+        assert key in results["history"][0]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.method = 'snipp'"],
+         "unknown method 'snipp'"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 0.0"],
+         "density must be in (0, 1], got 0.0"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 1.5"],
+         "density must be in (0, 1], got 1.5"),
+        (["--gin_file=gin_configs/missing.gin"], "gin file 'gin_configs/missing.gin' does not exist"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.densty = 0.1"],
+         "'densty'"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.dataset = 'nodata'"],
+         "unknown dataset 'nodata'"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.model = 'resnet99'"],
+         "unknown model 'resnet99'"),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.prune_step = 'soon'"],
+         "prune_step must look like"),
+        (["--gin_file=gin_configs/snip.gin", "stray"], "unexpected arguments: stray"),
+    ],
+)
+def test_bad_input_ends_with_one_line_and_status_2(args, fragment, tmp_path):
+    proc = _train(*args, f"--output_dir={tmp_path / 'run'}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("tfprune.train: error: ")
+    assert fragment in last
+
+
+def test_output_dir_with_another_config_is_refused_unless_overwrite(tmp_path):
+    run_dir = str(tmp_path / "run")
+    base = ["--gin_file=gin_configs/magnitude.gin", "--gin_bindings=training.steps = 1", *TINY,
+            f"--output_dir={run_dir}"]
+    assert _train(*base).returncode == 0
+    finished = os.path.getmtime(os.path.join(run_dir, "results.json"))
+    again = _train(*base)  # the same configuration: the finished result is reused
+    assert again.returncode == 0
+    assert os.path.getmtime(os.path.join(run_dir, "results.json")) == finished
+    other = _train(*base, "--gin_bindings=experiment.density = 0.2")
+    assert other.returncode == 2
+    assert "different configuration" in other.stderr.strip().splitlines()[-1]
+    assert _results(run_dir)["density_target"] == 0.05
+    replaced = _train(*base, "--gin_bindings=experiment.density = 0.2", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert _results(run_dir)["density_target"] == 0.2
+
+
+def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.train_limit = 4096",
+            "--gin_bindings=experiment.test_limit = 512", "--gin_bindings=training.epochs = 30",
+            "--gin_bindings=training.progress = False", f"--output_dir={run_dir}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-m", "tfprune.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(checkpoint_dir) and any(
+            n.startswith("ckpt-") for n in os.listdir(checkpoint_dir)
+        ):
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    resumed = _train(*args, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at iteration" in resumed.stderr
+    results = _results(run_dir)
+    assert [h["epoch"] for h in results["history"]] == list(range(1, 31))
+    assert results["steps"] == 30 * 32
+    assert results["density_actual"] == pytest.approx(round(0.05 * LENET_PRUNABLE) / LENET_PRUNABLE)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = ["--gin_file=gin_configs/random.gin", "--gin_bindings=experiment.train_limit = 4096",
+            "--gin_bindings=experiment.test_limit = 256", "--gin_bindings=training.epochs = 200",
+            "--gin_bindings=training.progress = False", f"--output_dir={run_dir}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen([sys.executable, "-m", "tfprune.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        os.path.isdir(checkpoint_dir) and os.listdir(checkpoint_dir)
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "Traceback" not in stderr
+    steps = sorted(int(n.split("-")[1]) for n in os.listdir(checkpoint_dir) if n.startswith("ckpt-"))
+    # The first epoch's checkpoint is at iteration 32; the signal's checkpoint comes later, at
+    # the iteration where the loop noticed it.
+    assert steps[-1] > 32
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
