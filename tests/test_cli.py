@@ -25,7 +25,12 @@ def _train(*args, timeout=300, **kwargs):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
         [sys.executable, "-m", "tfprune.train", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -42,8 +47,12 @@ def test_every_shipped_method_file_is_found():
 @pytest.mark.parametrize("gin_file", METHOD_FILES, ids=os.path.basename)
 def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
     run_dir = str(tmp_path / "run")
-    proc = _train(f"--gin_file={gin_file}", "--gin_bindings=training.steps = 1", *TINY,
-                  f"--output_dir={run_dir}")
+    proc = _train(
+        f"--gin_file={gin_file}",
+        "--gin_bindings=training.steps = 1",
+        *TINY,
+        f"--output_dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = _results(run_dir)
     assert results["steps"] == 1 and len(results["history"]) == 1
@@ -62,9 +71,21 @@ def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
         assert os.path.exists(os.path.join(run_dir, name))
     with open(os.path.join(run_dir, "operative_config.gin")) as f:
         assert f"experiment.method = '{results['method']}'" in f.read()
-    for key in ("method", "ablations", "density_target", "density_actual", "layer_density", "seed",
-                "dataset", "model", "test_accuracy", "test_loss", "history", "wall_seconds",
-                "tfprune_version"):
+    for key in (
+        "method",
+        "ablations",
+        "density_target",
+        "density_actual",
+        "layer_density",
+        "seed",
+        "dataset",
+        "model",
+        "test_accuracy",
+        "test_loss",
+        "history",
+        "wall_seconds",
+        "tfprune_version",
+    ):
         assert key in results
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds"):
         assert key in results["history"][0]
@@ -73,21 +94,35 @@ def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.method = 'snipp'"],
-         "unknown method 'snipp'"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 0.0"],
-         "density must be in (0, 1], got 0.0"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 1.5"],
-         "density must be in (0, 1], got 1.5"),
-        (["--gin_file=gin_configs/missing.gin"], "gin file 'gin_configs/missing.gin' does not exist"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.densty = 0.1"],
-         "'densty'"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.dataset = 'nodata'"],
-         "unknown dataset 'nodata'"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.model = 'resnet99'"],
-         "unknown model 'resnet99'"),
-        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.prune_step = 'soon'"],
-         "prune_step must look like"),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.method = 'snipp'"],
+            "unknown method 'snipp'",
+        ),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 0.0"],
+            "density must be in (0, 1], got 0.0",
+        ),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 1.5"],
+            "density must be in (0, 1], got 1.5",
+        ),
+        (
+            ["--gin_file=gin_configs/missing.gin"],
+            "gin file 'gin_configs/missing.gin' does not exist",
+        ),
+        (["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.densty = 0.1"], "'densty'"),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.dataset = 'nodata'"],
+            "unknown dataset 'nodata'",
+        ),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.model = 'resnet99'"],
+            "unknown model 'resnet99'",
+        ),
+        (
+            ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.prune_step = 'soon'"],
+            "prune_step must look like",
+        ),
         (["--gin_file=gin_configs/snip.gin", "stray"], "unexpected arguments: stray"),
     ],
 )
@@ -102,8 +137,12 @@ def test_bad_input_ends_with_one_line_and_status_2(args, fragment, tmp_path):
 
 def test_output_dir_with_another_config_is_refused_unless_overwrite(tmp_path):
     run_dir = str(tmp_path / "run")
-    base = ["--gin_file=gin_configs/magnitude.gin", "--gin_bindings=training.steps = 1", *TINY,
-            f"--output_dir={run_dir}"]
+    base = [
+        "--gin_file=gin_configs/magnitude.gin",
+        "--gin_bindings=training.steps = 1",
+        *TINY,
+        f"--output_dir={run_dir}",
+    ]
     assert _train(*base).returncode == 0
     finished = os.path.getmtime(os.path.join(run_dir, "results.json"))
     again = _train(*base)  # the same configuration: the finished result is reused
@@ -120,12 +159,22 @@ def test_output_dir_with_another_config_is_refused_unless_overwrite(tmp_path):
 
 def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
     run_dir = str(tmp_path / "run")
-    args = ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.train_limit = 4096",
-            "--gin_bindings=experiment.test_limit = 512", "--gin_bindings=training.epochs = 30",
-            "--gin_bindings=training.progress = False", f"--output_dir={run_dir}"]
+    args = [
+        "--gin_file=gin_configs/snip.gin",
+        "--gin_bindings=experiment.train_limit = 4096",
+        "--gin_bindings=experiment.test_limit = 512",
+        "--gin_bindings=training.epochs = 30",
+        "--gin_bindings=training.progress = False",
+        f"--output_dir={run_dir}",
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, "-m", "tfprune.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfprune.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -150,12 +199,23 @@ def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
 
 def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
     run_dir = str(tmp_path / "run")
-    args = ["--gin_file=gin_configs/random.gin", "--gin_bindings=experiment.train_limit = 4096",
-            "--gin_bindings=experiment.test_limit = 256", "--gin_bindings=training.epochs = 200",
-            "--gin_bindings=training.progress = False", f"--output_dir={run_dir}"]
+    args = [
+        "--gin_file=gin_configs/random.gin",
+        "--gin_bindings=experiment.train_limit = 4096",
+        "--gin_bindings=experiment.test_limit = 256",
+        "--gin_bindings=training.epochs = 200",
+        "--gin_bindings=training.progress = False",
+        f"--output_dir={run_dir}",
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen([sys.executable, "-m", "tfprune.train", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tfprune.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and not (
@@ -166,7 +226,9 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "Traceback" not in stderr
-    steps = sorted(int(n.split("-")[1]) for n in os.listdir(checkpoint_dir) if n.startswith("ckpt-"))
+    steps = sorted(
+        int(n.split("-")[1]) for n in os.listdir(checkpoint_dir) if n.startswith("ckpt-")
+    )
     # The first epoch's checkpoint is at iteration 32; the signal's checkpoint comes later, at
     # the iteration where the loop noticed it.
     assert steps[-1] > 32

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.layers import MaskedDense
 from tfprune.steps import to_iterations
-from tfprune.training import SGD, PiecewiseSchedule, Trainer, TrainConfig, checkpoints
+from tfprune.training import SGD, PiecewiseSchedule, TrainConfig, Trainer, checkpoints
 
 
 def _apply(optimizer, variable, gradients):
@@ -23,8 +23,11 @@ def _apply(optimizer, variable, gradients):
 # gradient, as in PyTorch's SGD.
 def test_sgd_matches_pytorch_update_rule_by_hand():
     w0 = np.array([1.0, -2.0, 0.5], dtype=np.float32)
-    grads = [np.array([0.1, 0.2, -0.3], np.float32), np.array([-0.4, 0.0, 0.6], np.float32),
-             np.array([0.3, -0.1, 0.2], np.float32)]
+    grads = [
+        np.array([0.1, 0.2, -0.3], np.float32),
+        np.array([-0.4, 0.0, 0.6], np.float32),
+        np.array([0.3, -0.1, 0.2], np.float32),
+    ]
     lr, momentum, wd = 0.1, 0.9, 0.01
     variable = keras.Variable(w0)
     optimizer = SGD(lr, momentum=momentum, weight_decay=wd)
@@ -86,8 +89,14 @@ def test_bad_step_strings(step):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("batch_size", 0), ("epochs", 0), ("learning_rate", -1.0), ("momentum", "a"),
-     ("batch_size", 1.5), ("keep_checkpoints", 0)],
+    [
+        ("batch_size", 0),
+        ("epochs", 0),
+        ("learning_rate", -1.0),
+        ("momentum", "a"),
+        ("batch_size", 1.5),
+        ("keep_checkpoints", 0),
+    ],
 )
 def test_bad_training_settings(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -144,8 +153,9 @@ def test_resume_restores_model_optimizer_and_state(tmp_path):
     config.epochs = 3
     second = _trainer(tmp_path, config, x, y)
     assert second.restore().step == 6
-    for variable, value in zip(second.model.variables + second.optimizer.variables, saved,
-                               strict=True):
+    for variable, value in zip(
+        second.model.variables + second.optimizer.variables, saved, strict=True
+    ):
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
@@ -204,7 +214,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
 def test_on_step_hook_runs_before_each_iteration_and_at_the_end(tmp_path):
     x, y = _toy_problem()
     seen = []
-    trainer = _trainer(tmp_path, TrainConfig(epochs=2, progress=False), x, y,
-                       on_step=lambda step, state: seen.append(step))
+    trainer = _trainer(
+        tmp_path,
+        TrainConfig(epochs=2, progress=False),
+        x,
+        y,
+        on_step=lambda step, state: seen.append(step),
+    )
     trainer.run()
     assert seen == [0, 1, 2, 3, 4, 5, 6]

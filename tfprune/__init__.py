@@ -3,7 +3,7 @@
 The public API lives here; everything else is private by convention.
 """
 
-from tfprune import errors
+from tfprune import data, errors, models
 from tfprune.layers import MaskedConv2D, MaskedDense, PrunableWeight, masked, prunable_weights
 from tfprune.pruning import (
     Scorer,
@@ -19,24 +19,35 @@ from tfprune.pruning import (
     scorer_names,
     select,
 )
+from tfprune.training import SGD, PiecewiseSchedule, TrainConfig
 from tfprune.version import __version__
+
+# The experiment runner uses every stage above, so it is imported last.
+from tfprune.experiment import Experiment, run  # noqa: E402  isort: skip
 
 __all__ = [
     "MaskedConv2D",
     "MaskedDense",
+    "Experiment",
+    "PiecewiseSchedule",
     "PrunableWeight",
+    "SGD",
     "Scorer",
+    "TrainConfig",
     "__version__",
     "assign_masks",
+    "data",
     "errors",
     "get_masks",
     "layer_densities",
     "load_masks",
     "masked",
+    "models",
     "overall_density",
     "prunable_weights",
     "prune",
     "register_scorer",
+    "run",
     "save_masks",
     "score",
     "scorer_names",

@@ -41,7 +41,7 @@ from tfprune.pruning import (
 )
 from tfprune.pruning.selection import check_density, check_scope
 from tfprune.steps import to_iterations
-from tfprune.training import Trainer, TrainConfig, TrainState
+from tfprune.training import TrainConfig, Trainer, TrainState
 from tfprune.version import __version__
 
 DENSE = "dense"
@@ -92,12 +92,12 @@ class Experiment:
         """Raises ConfigError for a setting that cannot run."""
         methods = [DENSE] + scorer_names()
         if self.method not in methods:
-            raise ConfigError(
-                f"unknown method {self.method!r}; choose one of {', '.join(methods)}"
-            )
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(methods)}")
         density = check_density(self.density)
         if self.method == DENSE and density != 1.0:
-            raise ConfigError(f"method 'dense' keeps every weight: set density = 1.0, not {density}")
+            raise ConfigError(
+                f"method 'dense' keeps every weight: set density = 1.0, not {density}"
+            )
         check_scope(self.scope)
         if self.model not in models.names():
             raise ConfigError(
@@ -190,14 +190,21 @@ def run(
 
     def train_data(epoch: int, skip: int) -> tf.data.Dataset:
         return data_lib.train_dataset(
-            experiment.dataset, training.batch_size, seed=experiment.seed, epoch=epoch,
-            skip_batches=skip, augment=experiment.augment, data_dir=experiment.data_dir,
+            experiment.dataset,
+            training.batch_size,
+            seed=experiment.seed,
+            epoch=epoch,
+            skip_batches=skip,
+            augment=experiment.augment,
+            data_dir=experiment.data_dir,
             limit=experiment.train_limit,
         )
 
     def eval_data() -> tf.data.Dataset:
         return data_lib.eval_dataset(
-            experiment.dataset, training.batch_size, data_dir=experiment.data_dir,
+            experiment.dataset,
+            training.batch_size,
+            data_dir=experiment.data_dir,
             limit=experiment.test_limit,
         )
 
@@ -207,8 +214,15 @@ def run(
         state.extra["pruning"] = _prune(model, experiment, training, strategy, output_dir, step)
 
     trainer = Trainer(
-        model, training, train_data, eval_data, steps_per_epoch, output_dir,
-        strategy=strategy, on_step=on_step, should_stop=should_stop,
+        model,
+        training,
+        train_data,
+        eval_data,
+        steps_per_epoch,
+        output_dir,
+        strategy=strategy,
+        on_step=on_step,
+        should_stop=should_stop,
     )
     state = trainer.run()
     masks = get_masks(model)
@@ -243,7 +257,9 @@ def run(
     write_json(results_path, results)
     logging.info(
         "done: test accuracy %.4f at density %.4f; results in %s",
-        results["test_accuracy"], results["density_actual"], results_path,
+        results["test_accuracy"],
+        results["density_actual"],
+        results_path,
     )
     return results
 
@@ -279,13 +295,21 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
     data = None
     if get_scorer(experiment.method, **experiment.method_options).needs_data:
         data = data_lib.pruning_data(
-            experiment.dataset, experiment.examples_per_class, seed=experiment.seed,
+            experiment.dataset,
+            experiment.examples_per_class,
+            seed=experiment.seed,
             data_dir=experiment.data_dir,
         )
     with strategy.scope():
         masks = prune(
-            model, experiment.method, experiment.density, data, scope=experiment.scope,
-            seed=experiment.seed, rounds=experiment.rounds, batch_size=training.batch_size,
+            model,
+            experiment.method,
+            experiment.density,
+            data,
+            scope=experiment.scope,
+            seed=experiment.seed,
+            rounds=experiment.rounds,
+            batch_size=training.batch_size,
             **experiment.method_options,
         )
     save_masks(os.path.join(output_dir, "masks.npz"), masks)
@@ -297,7 +321,10 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
     }
     logging.info(
         "pruned with %s at iteration %d to density %.5f in %.1fs",
-        experiment.method, step, summary["density_actual"], summary["seconds"],
+        experiment.method,
+        step,
+        summary["density_actual"],
+        summary["seconds"],
     )
     return summary
 

@@ -196,9 +196,7 @@ class MaskedConv2D(_MaskedKernelLayer):
         self.dilation_rate = _pair(dilation_rate, "dilation_rate")
         self.groups = int(groups)
         if self.groups < 1 or self.filters % self.groups:
-            raise ModelError(
-                f"groups={groups} must be positive and divide filters={filters}"
-            )
+            raise ModelError(f"groups={groups} must be positive and divide filters={filters}")
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):

@@ -62,11 +62,10 @@ def main(argv):
         training = training_configurable()
         output_dir = OUTPUT_DIR.value or default_output_dir(experiment, training)
         stop = _StopRequest()
-        results = run(
-            experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop
+        results = run(experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop)
+        write_text_atomic(
+            os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str()
         )
-        write_text_atomic(os.path.join(output_dir, "operative_config.gin"),
-                          gin.operative_config_str())
     except Interrupted as interrupted:
         logging.warning("%s", interrupted)
         sys.exit(128 + (stop.signal or signal.SIGINT))

@@ -200,7 +200,8 @@ class TrainConfig:
     def schedule(self, steps_per_epoch: int) -> PiecewiseSchedule:
         """The per-iteration learning-rate schedule."""
         boundaries = [
-            m * steps_per_epoch if isinstance(m, int) and not isinstance(m, bool)
+            m * steps_per_epoch
+            if isinstance(m, int) and not isinstance(m, bool)
             else to_iterations(m, steps_per_epoch, "training.milestones")
             for m in self.milestones
         ]
@@ -265,9 +266,13 @@ class Trainer:
             self.optimizer = SGD(self.schedule, config.momentum, config.weight_decay)
             self.optimizer.build(model.trainable_variables)
             self._sums = {
-                name: tf.Variable(0.0, trainable=False, dtype=tf.float64,
-                                  aggregation=tf.VariableAggregation.SUM,
-                                  synchronization=tf.VariableSynchronization.ON_READ)
+                name: tf.Variable(
+                    0.0,
+                    trainable=False,
+                    dtype=tf.float64,
+                    aggregation=tf.VariableAggregation.SUM,
+                    synchronization=tf.VariableSynchronization.ON_READ,
+                )
                 for name in ("loss", "correct", "count")
             }
         self._train_step = self._make_train_step()
@@ -288,7 +293,8 @@ class Trainer:
             epoch_started = time.time()
             self._reset_sums()
             progress = keras.utils.Progbar(
-                epoch_end - state.step, verbose=1 if self.config.progress else 0,
+                epoch_end - state.step,
+                verbose=1 if self.config.progress else 0,
                 stateful_metrics=["loss", "accuracy", "lr"],
             )
             logging.info("epoch %d: iterations %d to %d", epoch + 1, state.step, epoch_end)
@@ -302,9 +308,14 @@ class Trainer:
                 if done % self.config.log_every_steps == 0 or state.step == epoch_end:
                     train = self._read_sums()
                     self._check_finite(train["loss"], state.step)
-                    progress.update(done, [("loss", train["loss"]),
-                                           ("accuracy", train["accuracy"]),
-                                           ("lr", self.learning_rate(state.step - 1))])
+                    progress.update(
+                        done,
+                        [
+                            ("loss", train["loss"]),
+                            ("accuracy", train["accuracy"]),
+                            ("lr", self.learning_rate(state.step - 1)),
+                        ],
+                    )
                     with writer.as_default(step=state.step):
                         tf.summary.scalar("train/loss", train["loss"])
                         tf.summary.scalar("train/lr", self.learning_rate(state.step - 1))
@@ -331,8 +342,12 @@ class Trainer:
             state.history.append(record)
             logging.info(
                 "epoch %d (iteration %d): train loss %.4f acc %.4f, test loss %.4f acc %.4f",
-                epoch + 1, state.step, record["train_loss"], record["train_accuracy"],
-                record["test_loss"], record["test_accuracy"],
+                epoch + 1,
+                state.step,
+                record["train_loss"],
+                record["train_accuracy"],
+                record["test_loss"],
+                record["test_accuracy"],
             )
             with writer.as_default(step=state.step):
                 for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
@@ -433,7 +448,7 @@ class Trainer:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for old in checkpoints(self.checkpoint_dir)[self.config.keep_checkpoints:]:
+        for old in checkpoints(self.checkpoint_dir)[self.config.keep_checkpoints :]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
@@ -443,7 +458,9 @@ class Trainer:
             try:
                 return self._load(path)
             except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-                logging.warning("checkpoint %s is unreadable (%s); trying an older one", path, error)
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); trying an older one", path, error
+                )
         return None
 
     def _load(self, path: str) -> TrainState:

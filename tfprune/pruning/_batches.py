@@ -36,7 +36,9 @@ def as_batches(data, num_classes: int, batch_size: int = DEFAULT_BATCH_SIZE):
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-        batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        batches = [
+            (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)
+        ]
     else:
         raise DataError(
             f"data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple, got "

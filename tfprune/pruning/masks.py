@@ -33,6 +33,7 @@ def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> Non
         raise ConfigError(
             f"masks do not fit the model: unknown paths {extra[:3]}, missing paths {missing[:3]}"
         )
+    values = {}
     for path, weight in weights.items():
         value = np.asarray(masks[path])
         if value.shape != tuple(weight.mask.shape):
@@ -41,7 +42,10 @@ def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> Non
             )
         if not np.all((value == 0) | (value == 1)):
             raise ConfigError(f"mask for {path} has values other than 0 and 1")
-        weight.mask.assign(value.astype(weight.mask.dtype))
+        values[path] = value
+    # Assigned only once every mask is checked, so a rejected call leaves the model unchanged.
+    for path, weight in weights.items():
+        weight.mask.assign(values[path].astype(weight.mask.dtype))
 
 
 def layer_densities(masks: dict[str, np.ndarray]) -> dict[str, float]:

@@ -62,7 +62,9 @@ def get_scorer(name: str, **options) -> Scorer:
         ConfigError: for an unknown name or an option the scorer does not take.
     """
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown pruning method {name!r}; choose one of {', '.join(scorer_names())}")
+        raise ConfigError(
+            f"unknown pruning method {name!r}; choose one of {', '.join(scorer_names())}"
+        )
     cls = _REGISTRY[name]
     accepted = [
         p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")
@@ -70,7 +72,9 @@ def get_scorer(name: str, **options) -> Scorer:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         allowed = ", ".join(accepted) if accepted else "none"
-        raise ConfigError(f"method {name!r} takes no option {unknown[0]!r} (its options: {allowed})")
+        raise ConfigError(
+            f"method {name!r} takes no option {unknown[0]!r} (its options: {allowed})"
+        )
     return cls(**options)
 
 
@@ -160,6 +164,7 @@ def kernel_gradients(
     non_trainable_values = [v.value for v in model.non_trainable_variables]
     for x, y in batches:
         grads = gradients(trainable_values, non_trainable_values, x, y)
-        yield len(y), {
-            path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)
-        }
+        yield (
+            len(y),
+            {path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)},
+        )
