@@ -112,6 +112,6 @@ def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -
         return kept
     candidate = scores[alive_index].astype(np.float64)
     # A stable sort keeps equal scores in index order, so ties go to the lower flat index.
-    order = np.argsort(candidate if invert else -candidate, kind="quicksort")
+    order = np.argsort(candidate if invert else -candidate, kind="stable")
     kept[alive_index[order[:count]]] = 1.0
     return kept
