@@ -19,7 +19,6 @@ import numbers
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 
 import keras
@@ -30,14 +29,14 @@ from tfprune import data as data_lib
 from tfprune import models
 from tfprune.errors import ConfigError, OutputError
 from tfprune.pruning import (
-    collapsed_layers,
+    check_ablations,
+    check_method,
     get_masks,
-    get_scorer,
     layer_densities,
+    needs_data,
     overall_density,
-    prune,
+    prune_with_report,
     save_masks,
-    scorer_names,
 )
 from tfprune.pruning.selection import check_density, check_scope
 from tfprune.steps import to_iterations
@@ -57,10 +56,13 @@ class Experiment:
     Args:
         dataset: A dataset name (`fashion_mnist`, `cifar10`, ... see `tfprune.data`).
         model: A network name (`tfprune.models.names()`).
-        method: A pruning method (`tfprune.scorer_names()`) or `"dense"` for no pruning.
+        method: A pruning method (`tfprune.method_names()`: a scorer, `uniform`, `erk` or
+            `ratio_of:<scorer>`) or `"dense"` for no pruning.
         density: Fraction of prunable weights kept, in (0, 1]; must be 1 for `"dense"`.
         scope: `"global"` or `"layer"` selection.
-        rounds: Pruning rounds (exponential density schedule).
+        rounds: Pruning rounds (exponential density schedule); None: the method's default.
+        ablations: Any of `"shuffle"`, `"reinit"`, `"invert"` (SPEC §3).
+        min_layer_density: Minimum fraction each layer keeps (0: no minimum).
         prune_step: When to prune: `"0it"` (at initialization), `"500it"`, `"2ep"`, ...
         seed: Seed of the initialization, data order, pruning data and seeded methods.
         examples_per_class: Pruning examples per class for data-driven methods.
@@ -77,7 +79,9 @@ class Experiment:
     method: str = DENSE
     density: float = 1.0
     scope: str = "global"
-    rounds: int = 1
+    rounds: int | None = None
+    ablations: tuple = ()
+    min_layer_density: float = 0.0
     prune_step: str | int = "0it"
     seed: int = 0
     examples_per_class: int = 10
@@ -90,10 +94,17 @@ class Experiment:
 
     def validate(self) -> None:
         """Raises ConfigError for a setting that cannot run."""
-        methods = [DENSE] + scorer_names()
-        if self.method not in methods:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(methods)}")
+        if self.method != DENSE:
+            try:
+                check_method(self.method)
+            except ConfigError as error:
+                raise ConfigError(f"{error}, or dense") from None
         density = check_density(self.density)
+        ablations = check_ablations(self.ablations)
+        if self.method == DENSE and ablations:
+            raise ConfigError(
+                f"method 'dense' prunes nothing, so ablations {ablations} do not apply"
+            )
         if self.method == DENSE and density != 1.0:
             raise ConfigError(
                 f"method 'dense' keeps every weight: set density = 1.0, not {density}"
@@ -109,7 +120,7 @@ class Experiment:
             )
         for name in ("seed", "rounds", "examples_per_class", "train_limit", "test_limit"):
             value = getattr(self, name)
-            optional = name in ("train_limit", "test_limit")
+            optional = name in ("rounds", "train_limit", "test_limit")
             if optional and value is None:
                 continue
             low = 0 if name == "seed" else 1
@@ -133,7 +144,9 @@ def default_output_dir(experiment: Experiment, training: TrainConfig, root: str 
     digest = hashlib.sha256(
         json.dumps(_semantic(config_dict(experiment, training)), sort_keys=True).encode()
     ).hexdigest()[:8]
-    name = f"{experiment.method}-d{experiment.density:g}-s{experiment.seed}-{digest}"
+    method = experiment.method.replace(":", "_")
+    ablations = "".join(f"-{a}" for a in check_ablations(experiment.ablations))
+    name = f"{method}{ablations}-d{experiment.density:g}-s{experiment.seed}-{digest}"
     return os.path.join(root, f"{experiment.dataset}-{experiment.model}", name)
 
 
@@ -229,15 +242,19 @@ def run(
     save_masks(os.path.join(output_dir, "masks.npz"), masks)
     final = state.history[-1]
     pruning = state.extra.get("pruning", {})
+    collapsed = [p for p, d in layer_densities(masks).items() if d == 0]
+    warnings = [f"layer collapse: {p} keeps no weight" for p in collapsed]
     results = {
         "method": experiment.method,
-        "ablations": [],
+        "ablations": list(check_ablations(experiment.ablations)),
         "density_target": float(experiment.density),
         "density_actual": overall_density(masks),
         "layer_density": layer_densities(masks),
-        "collapsed_layers": collapsed_layers(masks),
+        "collapsed_layers": collapsed,
+        "warnings": warnings,
         "scope": experiment.scope,
-        "rounds": experiment.rounds,
+        "rounds": pruning.get("rounds", 0),
+        "min_layer_density": experiment.min_layer_density,
         "prune_step": prune_step,
         "seed": experiment.seed,
         "dataset": experiment.dataset,
@@ -291,9 +308,8 @@ def write_json(path: str, content: dict) -> None:
 
 
 def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
-    started = time.time()
     data = None
-    if get_scorer(experiment.method, **experiment.method_options).needs_data:
+    if needs_data(experiment.method):
         data = data_lib.pruning_data(
             experiment.dataset,
             experiment.examples_per_class,
@@ -301,7 +317,7 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
             data_dir=experiment.data_dir,
         )
     with strategy.scope():
-        masks = prune(
+        report = prune_with_report(
             model,
             experiment.method,
             experiment.density,
@@ -309,24 +325,35 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
             scope=experiment.scope,
             seed=experiment.seed,
             rounds=experiment.rounds,
+            ablations=experiment.ablations,
+            min_layer_density=experiment.min_layer_density,
             batch_size=training.batch_size,
             **experiment.method_options,
         )
-    save_masks(os.path.join(output_dir, "masks.npz"), masks)
-    summary = {
-        "step": step,
-        "seconds": time.time() - started,
-        "density_actual": overall_density(masks),
-        "collapsed_layers": collapsed_layers(masks),
-    }
-    logging.info(
-        "pruned with %s at iteration %d to density %.5f in %.1fs",
-        experiment.method,
-        step,
-        summary["density_actual"],
-        summary["seconds"],
+    save_masks(os.path.join(output_dir, "masks.npz"), report.masks)
+    write_json(
+        os.path.join(output_dir, "pruning.json"),
+        {
+            "method": experiment.method,
+            "step": step,
+            "rounds": report.rounds,
+            "ablations": list(report.ablations),
+            "density": report.density,
+            "layer_density": report.layer_density,
+            "collapsed_layers": report.collapsed_layers,
+            "score_stats": report.score_stats,
+            "seconds": report.seconds,
+        },
     )
-    return summary
+    logging.info(
+        "pruned with %s%s at iteration %d to density %.5f in %.1fs",
+        experiment.method,
+        "".join(f" +{a}" for a in report.ablations),
+        step,
+        report.density,
+        report.seconds,
+    )
+    return {"step": step, "seconds": report.seconds, "rounds": report.rounds}
 
 
 def _semantic(config: dict) -> dict:

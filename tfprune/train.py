@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from tfprune.cli import fail, parse_gin, write_text_atomic
 from tfprune.errors import TfpruneError
 from tfprune.experiment import Experiment, default_output_dir, run
+from tfprune.pruning import ABLATIONS, check_ablations
 from tfprune.training import Interrupted, TrainConfig
 
 FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
@@ -31,6 +32,18 @@ OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a run of a different configuration in --output_dir."
 )
 
+
+def ablation_switches(shuffle: bool = False, reinit: bool = False, invert: bool = False):
+    """The ablations switched on by `ablations.<name> = True` (gin_configs/ablations/*.gin).
+
+    Switches add up, so several ablation files combine; `experiment.ablations` adds to them.
+    """
+    return [
+        name for name, on in (("shuffle", shuffle), ("reinit", reinit), ("invert", invert)) if on
+    ]
+
+
+ablations_configurable = gin.external_configurable(ablation_switches, "ablations")
 experiment_configurable = gin.external_configurable(Experiment, "experiment")
 training_configurable = gin.external_configurable(TrainConfig, "training")
 
@@ -59,6 +72,8 @@ def main(argv):
     try:
         parse_gin(FLAGS.value, BINDINGS.value)
         experiment = experiment_configurable()
+        switched = set(check_ablations(experiment.ablations)) | set(ablations_configurable())
+        experiment.ablations = tuple(a for a in ABLATIONS if a in switched)
         training = training_configurable()
         output_dir = OUTPUT_DIR.value or default_output_dir(experiment, training)
         stop = _StopRequest()

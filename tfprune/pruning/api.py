@@ -1,8 +1,10 @@
-"""The pruning entry points: `score` and `prune`."""
+"""The pruning entry points: `score`, `prune` and `prune_with_report`."""
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import time
 
 import keras
 import numpy as np
@@ -11,9 +13,59 @@ from absl import logging
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import prunable_weights
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
-from tfprune.pruning.masks import assign_masks, collapsed_layers, get_masks
-from tfprune.pruning.scorers import get_scorer
-from tfprune.pruning.selection import check_density, check_scope, select
+from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_masks
+from tfprune.pruning.layerwise import (
+    erk_counts,
+    inner_method,
+    is_layerwise,
+    random_positions,
+    uniform_counts,
+)
+from tfprune.pruning.masks import (
+    assign_masks,
+    collapsed_layers,
+    get_masks,
+    layer_densities,
+    overall_density,
+)
+from tfprune.pruning.scorers import get_scorer, scorer_names
+from tfprune.pruning.selection import (
+    check_density,
+    check_scope,
+    layer_floors,
+    select,
+    select_counts,
+)
+
+# The random stream that places the weights of the layerwise baselines.
+POSITION_STREAM = 3
+
+
+def method_names() -> list[str]:
+    """Every name `prune` accepts: the scorers, the layerwise baselines and `ratio_of:<scorer>`."""
+    return scorer_names() + ["uniform", "erk"] + [f"ratio_of:{n}" for n in scorer_names()]
+
+
+def check_method(method: str) -> str:
+    """Returns `method` after checking that `prune` accepts it.
+
+    Raises:
+        ConfigError: naming the bad value and the accepted ones.
+    """
+    if not isinstance(method, str) or method not in method_names():
+        raise ConfigError(
+            f"unknown pruning method {method!r}; choose one of {', '.join(method_names())}"
+        )
+    return method
+
+
+def needs_data(method: str) -> bool:
+    """Whether `method` needs pruning data."""
+    check_method(method)
+    if method in ("uniform", "erk"):
+        return False
+    name = inner_method(method) if is_layerwise(method) else method
+    return get_scorer(name).needs_data
 
 
 def score(
@@ -29,12 +81,12 @@ def score(
 
     Args:
         model: A built model with masked layers (see `tfprune.masked`).
-        method: A registered method name (`tfprune.scorer_names()`).
+        method: A registered scorer name (`tfprune.scorer_names()`).
         data: For data-driven methods, a `tf.data.Dataset` of `(x, y)` batches or an `(x, y)`
             tuple of arrays (split into batches of `batch_size`).
         seed: Seed of seeded methods (`random`).
         batch_size: Batch size used to split tuple data.
-        **options: Options of the method (for example `from_logits` for `snip`).
+        **options: Options of the method (for example `temperature` for `grasp`).
 
     Returns:
         `{kernel path: float64 array of the kernel's shape}`; higher means more worth keeping.
@@ -50,6 +102,32 @@ def score(
     return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
 
 
+@dataclasses.dataclass
+class PruneReport:
+    """What `prune_with_report` did.
+
+    Attributes:
+        masks: `{path: float32 0/1 mask}` now held by the model.
+        layer_density: `{path: fraction kept}`.
+        density: Overall fraction kept.
+        collapsed_layers: Paths of kernels that keep no weight.
+        score_stats: `{path: {min, max, mean, std, median, kept_min}}` of the last round's
+            keep-scores (`kept_min` is the lowest score kept; None when nothing is kept).
+        rounds: Rounds run.
+        ablations: Ablations applied.
+        seconds: Wall time.
+    """
+
+    masks: dict
+    layer_density: dict
+    density: float
+    collapsed_layers: list
+    score_stats: dict
+    rounds: int
+    ablations: tuple
+    seconds: float
+
+
 def prune(
     model: keras.Model,
     method: str,
@@ -58,7 +136,9 @@ def prune(
     *,
     scope: str = "global",
     seed: int = 0,
-    rounds: int = 1,
+    rounds: int | None = None,
+    ablations=(),
+    min_layer_density: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     **options,
 ) -> dict[str, np.ndarray]:
@@ -70,12 +150,19 @@ def prune(
 
     Args:
         model: A built model with masked layers (see `tfprune.masked`).
-        method: A registered method name (`tfprune.scorer_names()`).
+        method: A scorer (`tfprune.scorer_names()`), `"uniform"`, `"erk"` or
+            `"ratio_of:<scorer>"` (the scorer's per-layer densities, random positions).
         density: Fraction of the prunable weights to keep, in (0, 1].
         data: Pruning data for data-driven methods (see `score`).
         scope: `"global"` (rank all weights together) or `"layer"` (each layer keeps `density`).
-        seed: Seed of seeded methods.
-        rounds: Number of pruning rounds with the exponential density schedule.
+        seed: Seed of seeded methods and of the ablations.
+        rounds: Pruning rounds with the exponential density schedule (default: the method's,
+            100 for `synflow`, else 1).
+        ablations: Any of `"shuffle"` (permute each layer's final mask), `"reinit"` (redraw
+            the weights from their initializers with a new seed) and `"invert"` (keep the lowest
+            keep-scores, every round).
+        min_layer_density: Each layer keeps at least this fraction (at least one weight when
+            > 0), preventing layer collapse.
         batch_size: Batch size used to split tuple data.
         **options: Options of the method.
 
@@ -84,24 +171,185 @@ def prune(
 
     Example:
 
-    >>> masks = tfprune.prune(model, "snip", 0.1, data=(x, y))
+    >>> masks = tfprune.prune(model, "snip", 0.1, data=(x, y), ablations=("shuffle",))
     """
+    return prune_with_report(
+        model,
+        method,
+        density,
+        data,
+        scope=scope,
+        seed=seed,
+        rounds=rounds,
+        ablations=ablations,
+        min_layer_density=min_layer_density,
+        batch_size=batch_size,
+        **options,
+    ).masks
+
+
+def prune_with_report(
+    model: keras.Model,
+    method: str,
+    density: float,
+    data=None,
+    *,
+    scope: str = "global",
+    seed: int = 0,
+    rounds: int | None = None,
+    ablations=(),
+    min_layer_density: float = 0.0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **options,
+) -> PruneReport:
+    """`prune`, returning a `PruneReport` with per-layer densities and score statistics."""
+    started = time.time()
+    check_method(method)
     density = check_density(density)
     check_scope(scope)
-    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
-        raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
-    scorer = get_scorer(method, **options)
+    ablations = check_ablations(ablations)
+    seed = _check_seed(seed)
     weights = _weights(model)
+    if is_layerwise(method):
+        masks, stats, rounds = _prune_layerwise(
+            model,
+            method,
+            density,
+            data,
+            weights,
+            seed=seed,
+            rounds=rounds,
+            ablations=ablations,
+            min_layer_density=min_layer_density,
+            batch_size=batch_size,
+            options=options,
+        )
+    else:
+        masks, stats, rounds = _prune_scored(
+            model,
+            method,
+            density,
+            data,
+            weights,
+            scope=scope,
+            seed=seed,
+            rounds=rounds,
+            invert="invert" in ablations,
+            min_layer_density=min_layer_density,
+            batch_size=batch_size,
+            options=options,
+        )
+    if "shuffle" in ablations:
+        masks = shuffle_masks(masks, seed)
+        assign_masks(model, masks)
+    if "reinit" in ablations:
+        reinitialize(model, seed)
+    collapsed = collapsed_layers(masks)
+    for path in collapsed:
+        logging.warning("layer collapse: %s keeps no weight at density %g", path, density)
+    return PruneReport(
+        masks=masks,
+        layer_density=layer_densities(masks),
+        density=overall_density(masks),
+        collapsed_layers=collapsed,
+        score_stats=stats,
+        rounds=rounds,
+        ablations=ablations,
+        seconds=time.time() - started,
+    )
+
+
+def _prune_scored(
+    model,
+    method,
+    density,
+    data,
+    weights,
+    *,
+    scope,
+    seed,
+    rounds,
+    invert,
+    min_layer_density,
+    batch_size,
+    options,
+):
+    scorer = get_scorer(method, **options)
+    rounds = _check_rounds(scorer.default_rounds if rounds is None else rounds)
     batches = _batches_for(scorer, model, data, batch_size)
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(seed)
     masks = get_masks(model)
+    scores = {}
     for i in range(1, rounds + 1):
         scores = scorer(model, weights, batches, rng)
-        masks = select(scores, masks, density ** (i / rounds), scope)
+        masks = select(scores, masks, density ** (i / rounds), scope, invert, min_layer_density)
         assign_masks(model, masks)
-    for path in collapsed_layers(masks):
-        logging.warning("layer collapse: %s keeps no weight at density %g", path, density)
-    return masks
+    return masks, _score_stats(scores, masks), rounds
+
+
+def _prune_layerwise(
+    model,
+    method,
+    density,
+    data,
+    weights,
+    *,
+    seed,
+    rounds,
+    ablations,
+    min_layer_density,
+    batch_size,
+    options,
+):
+    shapes = {path: tuple(w.kernel.shape) for path, w in weights.items()}
+    if method in ("uniform", "erk"):
+        if options:
+            raise ConfigError(f"method {method!r} takes no options, got {sorted(options)}")
+        counts = (uniform_counts if method == "uniform" else erk_counts)(shapes, density)
+        rounds = _check_rounds(1 if rounds is None else rounds)
+    else:
+        # Run the scored method, keep only how many weights each layer kept.
+        original = get_masks(model)
+        inner, _, rounds = _prune_scored(
+            model,
+            inner_method(method),
+            density,
+            data,
+            weights,
+            scope="global",
+            seed=seed,
+            rounds=rounds,
+            invert="invert" in ablations,
+            min_layer_density=min_layer_density,
+            batch_size=batch_size,
+            options=options,
+        )
+        counts = {path: int(np.count_nonzero(mask)) for path, mask in inner.items()}
+        assign_masks(model, original)
+    floors = layer_floors(get_masks(model), min_layer_density)
+    counts = {path: max(count, floors[path]) for path, count in counts.items()}
+    rng = np.random.default_rng([seed, POSITION_STREAM])
+    current = get_masks(model)
+    scores = random_positions(current, rng)
+    masks = select_counts(scores, current, counts)
+    assign_masks(model, masks)
+    return masks, _score_stats(scores, masks), rounds
+
+
+def _score_stats(scores: dict, masks: dict) -> dict:
+    stats = {}
+    for path, value in scores.items():
+        value = np.asarray(value, dtype=np.float64)
+        kept = value[masks[path] > 0]
+        stats[path] = {
+            "min": float(value.min()),
+            "max": float(value.max()),
+            "mean": float(value.mean()),
+            "std": float(value.std()),
+            "median": float(np.median(value)),
+            "kept_min": float(kept.min()) if kept.size else None,
+        }
+    return stats
 
 
 def _weights(model):
@@ -132,6 +380,12 @@ def _num_outputs(model) -> int:
             "cannot tell the model's number of classes: use a functional or Sequential model "
             "with one output"
         ) from error
+
+
+def _check_rounds(rounds) -> int:
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
+        raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
+    return int(rounds)
 
 
 def _check_seed(seed) -> int:

@@ -24,12 +24,15 @@ _REGISTRY: dict[str, type[Scorer]] = {}
 class Scorer:
     """Base class of the scorers.
 
-    Subclasses set `name` (the method's registry name) and `needs_data`, take their options
-    as keyword arguments of `__init__`, and implement `__call__`.
+    Subclasses set `name` (the method's registry name), `needs_data` and, for methods that
+    are iterative by definition, `default_rounds`; they take their options as keyword arguments
+    of `__init__` and implement `__call__`. One instance serves one `prune`/`score` call, all
+    its rounds included, so it may cache work (a network copy, a traced function) on `self`.
     """
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
+    default_rounds: ClassVar[int] = 1
 
     def __call__(
         self,

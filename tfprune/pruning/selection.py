@@ -9,6 +9,7 @@ are already pruned are never revived.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -50,6 +51,7 @@ def select(
     density: float,
     scope: str = "global",
     invert: bool = False,
+    min_layer_density: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Keeps the top keep-scores among the weights that are still alive.
 
@@ -60,10 +62,17 @@ def select(
         scope: `"global"` ranks all weights together, `"layer"` each layer on its own.
         invert: Keep the lowest keep-scores instead (the `invert` ablation): reversed order,
             never `1 / score`.
+        min_layer_density: Each layer first keeps its best `ceil(min_layer_density * N_l)`
+            weights (at least one when > 0), which prevents layer collapse; the rest of the
+            budget is then ranked as usual, so the total stays `round(density * N)`.
 
     Returns:
         `{path: new 0/1 mask}` (float32), in the order of `masks`. If fewer weights are alive
         than the target count, all alive weights are kept.
+
+    Raises:
+        ConfigError: for invalid arguments, mismatched scores, NaN/Inf scores, or a
+            `min_layer_density` that needs more weights than `density` keeps.
 
     Example:
 
@@ -72,36 +81,77 @@ def select(
     """
     density = check_density(density)
     check_scope(scope)
+    floors = layer_floors(masks, min_layer_density)
+    _check_scores(scores, masks)
     paths = list(masks)
-    if set(scores) != set(paths):
-        missing = sorted(set(paths) ^ set(scores))
-        raise ConfigError(f"scores and masks name different weights: {missing[:3]}")
+    if scope == "layer":
+        counts = {p: max(kept_count(density, masks[p].size), floors[p]) for p in paths}
+        return select_counts(scores, masks, counts, invert)
+    reserved = select_counts(scores, masks, floors, invert)
+    total = sum(m.size for m in masks.values())
+    remaining = kept_count(density, total) - sum(int(r.sum()) for r in reserved.values())
+    if remaining < 0:
+        raise ConfigError(
+            f"min_layer_density={min_layer_density} keeps more weights than density={density}"
+        )
+    flat_scores = np.concatenate([scores[p].ravel() for p in paths])
+    flat_alive = np.concatenate([(masks[p] * (1 - reserved[p])).ravel() for p in paths])
+    kept = _keep_top(flat_scores, flat_alive, remaining, invert)
+    result, start = {}, 0
     for path in paths:
+        size = masks[path].size
+        chosen = kept[start : start + size].reshape(masks[path].shape)
+        result[path] = np.maximum(chosen, reserved[path])
+        start += size
+    return result
+
+
+def select_counts(
+    scores: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    counts: dict[str, int],
+    invert: bool = False,
+) -> dict[str, np.ndarray]:
+    """Keeps the top `counts[path]` keep-scores of each layer among its alive weights.
+
+    Example:
+
+    >>> select_counts({"k": np.array([3.0, 1.0, 2.0])}, {"k": np.ones(3)}, {"k": 1})["k"]
+    array([1., 0., 0.], dtype=float32)
+    """
+    _check_scores(scores, masks)
+    return {
+        path: _keep_top(
+            scores[path].ravel(), masks[path].ravel(), int(counts[path]), invert
+        ).reshape(masks[path].shape)
+        for path in masks
+    }
+
+
+def _check_scores(scores: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+    if set(scores) != set(masks):
+        differing = sorted(set(masks) ^ set(scores))
+        raise ConfigError(f"scores and masks name different weights: {differing[:3]}")
+    for path in masks:
         if scores[path].shape != masks[path].shape:
             raise ConfigError(
                 f"score shape {scores[path].shape} != mask shape {masks[path].shape} for {path}"
             )
         if not np.all(np.isfinite(scores[path])):
             raise ConfigError(f"keep-scores of {path} contain NaN or Inf; cannot rank them")
-    if scope == "layer":
-        return {
-            path: _keep_top(
-                scores[path].ravel(),
-                masks[path].ravel(),
-                kept_count(density, masks[path].size),
-                invert,
-            ).reshape(masks[path].shape)
-            for path in paths
-        }
-    flat_scores = np.concatenate([scores[p].ravel() for p in paths])
-    flat_masks = np.concatenate([masks[p].ravel() for p in paths])
-    kept = _keep_top(flat_scores, flat_masks, kept_count(density, flat_masks.size), invert)
-    result, start = {}, 0
-    for path in paths:
-        size = masks[path].size
-        result[path] = kept[start : start + size].reshape(masks[path].shape)
-        start += size
-    return result
+
+
+def layer_floors(masks: dict[str, np.ndarray], min_layer_density) -> dict[str, int]:
+    """Each layer's minimum kept count: `ceil(min_layer_density * N_l)`, at least 1 if > 0."""
+    if isinstance(min_layer_density, bool) or not isinstance(min_layer_density, numbers.Real):
+        raise ConfigError(
+            f"min_layer_density must be a number in [0, 1], got {min_layer_density!r}"
+        )
+    if not 0.0 <= min_layer_density <= 1.0:
+        raise ConfigError(f"min_layer_density must be in [0, 1], got {min_layer_density!r}")
+    if not min_layer_density:
+        return {path: 0 for path in masks}
+    return {path: max(1, math.ceil(min_layer_density * m.size)) for path, m in masks.items()}
 
 
 def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -> np.ndarray:

@@ -1,0 +1,114 @@
+"""The paper's ablations (SPEC §3): `shuffle`, `reinit` and `invert`.
+
+Each is a pure, seeded function: the same seed gives the same result. `invert` acts inside
+selection (keep the lowest keep-scores, every round); `shuffle` acts on the final masks and
+`reinit` on the weights, so the three compose in any order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+from absl import logging
+
+from tfprune.errors import ConfigError
+
+ABLATIONS = ("shuffle", "reinit", "invert")
+# Separate random streams per purpose, so that an ablation never reuses another's draws.
+SHUFFLE_STREAM = 1
+REINIT_STREAM = 2
+# (variable attribute, initializer attribute) pairs of the stock and masked layers.
+_INITIALIZED = (
+    ("kernel", "kernel_initializer"),
+    ("bias", "bias_initializer"),
+    ("gamma", "gamma_initializer"),
+    ("beta", "beta_initializer"),
+    ("moving_mean", "moving_mean_initializer"),
+    ("moving_variance", "moving_variance_initializer"),
+    ("depthwise_kernel", "depthwise_initializer"),
+    ("pointwise_kernel", "pointwise_initializer"),
+    ("embeddings", "embeddings_initializer"),
+)
+_NOT_REINITIALIZED = ("mask", "seed_generator")
+
+
+def check_ablations(ablations: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Returns the ablations as a tuple in canonical order (`ABLATIONS`), names checked.
+
+    Accepts a sequence of names, one name, a comma-separated string, `None` or `"none"`.
+
+    Raises:
+        ConfigError: for an unknown or repeated name.
+    """
+    if ablations is None:
+        return ()
+    if isinstance(ablations, str):
+        ablations = [a for a in ablations.replace("+", ",").split(",") if a.strip()]
+    names = tuple(str(a).strip() for a in ablations if str(a).strip() != "none")
+    for name in names:
+        if name not in ABLATIONS:
+            raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"an ablation is repeated in {list(names)}")
+    return tuple(name for name in ABLATIONS if name in names)
+
+
+def shuffle_masks(masks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Permutes each layer's mask independently; per-layer counts are preserved exactly.
+
+    Args:
+        masks: `{path: 0/1 mask}`.
+        seed: The run's seed.
+
+    Returns:
+        `{path: shuffled mask}` with the same shapes and counts.
+
+    Example:
+
+    >>> shuffled = shuffle_masks({"k": np.array([1.0, 1.0, 0.0, 0.0])}, seed=0)
+    """
+    rng = np.random.default_rng([seed, SHUFFLE_STREAM])
+    return {
+        path: rng.permutation(mask.ravel()).reshape(mask.shape).astype(np.float32)
+        for path, mask in masks.items()
+    }
+
+
+def reinitialize(model: keras.Model, seed: int) -> list[str]:
+    """Draws fresh values for the model's weights from each layer's own initializers.
+
+    Kernels, biases and BatchNorm parameters and statistics are redrawn with seeds derived
+    from `seed` (a stream the original initialization never used); masks are kept.
+
+    Args:
+        model: The model whose weights to redraw in place.
+        seed: The run's seed.
+
+    Returns:
+        The paths of the variables that were redrawn.
+    """
+    rng = np.random.default_rng([seed, REINIT_STREAM])
+    redrawn, handled = [], set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for variable_name, initializer_name in _INITIALIZED:
+            variable = getattr(layer, variable_name, None)
+            initializer = getattr(layer, initializer_name, None)
+            if not isinstance(variable, keras.Variable) or initializer is None:
+                continue
+            fresh = _reseeded(initializer, int(rng.integers(2**31 - 1)))
+            variable.assign(fresh(tuple(variable.shape), dtype=variable.dtype))
+            redrawn.append(variable.path)
+            handled.add(id(variable))
+    for variable in model.variables:
+        if id(variable) not in handled and not variable.path.endswith(_NOT_REINITIALIZED):
+            logging.warning("reinit: no initializer known for %s; left unchanged", variable.path)
+    return redrawn
+
+
+def _reseeded(initializer, seed: int):
+    config = keras.initializers.serialize(keras.initializers.get(initializer))
+    if isinstance(config, dict) and "seed" in config.get("config", {}):
+        config["config"]["seed"] = seed
+    return keras.initializers.deserialize(config)
