@@ -6,13 +6,17 @@ The public API lives here; everything else is private by convention.
 from tfprune import data, errors, models
 from tfprune.layers import MaskedConv2D, MaskedDense, PrunableWeight, masked, prunable_weights
 from tfprune.pruning import (
+    ABLATIONS,
+    PruneReport,
     Scorer,
     assign_masks,
     get_masks,
     layer_densities,
     load_masks,
+    method_names,
     overall_density,
     prune,
+    prune_with_report,
     register_scorer,
     save_masks,
     score,
@@ -26,11 +30,13 @@ from tfprune.version import __version__
 from tfprune.experiment import Experiment, run  # noqa: E402  isort: skip
 
 __all__ = [
+    "ABLATIONS",
     "MaskedConv2D",
     "MaskedDense",
     "Experiment",
     "PiecewiseSchedule",
     "PrunableWeight",
+    "PruneReport",
     "SGD",
     "Scorer",
     "TrainConfig",
@@ -42,10 +48,12 @@ __all__ = [
     "layer_densities",
     "load_masks",
     "masked",
+    "method_names",
     "models",
     "overall_density",
     "prunable_weights",
     "prune",
+    "prune_with_report",
     "register_scorer",
     "run",
     "save_masks",

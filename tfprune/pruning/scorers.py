@@ -9,6 +9,7 @@ keeping. Selection, rounds and masks are shared and live elsewhere.
 from __future__ import annotations
 
 import inspect
+import weakref
 from typing import ClassVar
 
 import keras
@@ -135,15 +136,48 @@ def kernel_gradients(
     """Yields `(batch size, {path: ∂L/∂w})` for each batch, L the batch's mean cross-entropy.
 
     The model runs statelessly, so BatchNorm in training mode uses batch statistics without
-    touching the moving averages. Gradients are float64 numpy arrays.
+    touching the moving averages. Gradients are float64 numpy arrays. The traced gradient
+    function is cached per model, so scoring the same model again costs no retracing.
     """
-    trainable = model.trainable_variables
-    position = {id(v): i for i, v in enumerate(trainable)}
-    kernel_index = []
+    function = cached_function(
+        model,
+        ("kernel_gradients", tuple(weights), from_logits, training),
+        lambda: _make_kernel_gradients(model, weights, from_logits, training),
+    )
+    trainable_values = [v.value for v in model.trainable_variables]
+    non_trainable_values = [v.value for v in model.non_trainable_variables]
+    for x, y in batches:
+        grads = function(trainable_values, non_trainable_values, x, y)
+        yield (
+            len(y),
+            {path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)},
+        )
+
+
+def kernel_positions(model: keras.Model, weights: dict[str, PrunableWeight]) -> list[int]:
+    """The index of each prunable kernel in `model.trainable_variables`."""
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    indices = []
     for path, w in weights.items():
         if id(w.kernel) not in position:
             raise ConfigError(f"kernel {path} is not trainable, so it has no gradient to score")
-        kernel_index.append(position[id(w.kernel)])
+        indices.append(position[id(w.kernel)])
+    return indices
+
+
+_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_function(model: keras.Model, key: tuple, make):
+    """Returns `make()` cached for `(model, key)`; the cache entry dies with the model."""
+    functions = _FUNCTIONS.setdefault(model, {})
+    if key not in functions:
+        functions[key] = make()
+    return functions[key]
+
+
+def _make_kernel_gradients(model, weights, from_logits, training):
+    kernel_index = kernel_positions(model, weights)
 
     @tf.function(reduce_retracing=True)
     def gradients(trainable_values, non_trainable_values, x, y):
@@ -163,11 +197,4 @@ def kernel_gradients(
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
 
-    trainable_values = [v.value for v in trainable]
-    non_trainable_values = [v.value for v in model.non_trainable_variables]
-    for x, y in batches:
-        grads = gradients(trainable_values, non_trainable_values, x, y)
-        yield (
-            len(y),
-            {path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)},
-        )
+    return gradients
