@@ -80,7 +80,10 @@ def bench_scorers(model_names, repeats):
         for method in tfprune.scorer_names():
             keras.utils.set_random_seed(0)
             scored = tfprune.models.build(name, shape, NUM_CLASSES)
-            cold, warm = _timed(lambda m=method, s=scored: tfprune.score(s, m, (x, y)), repeats)
+            data = (x, y)
+            cold, warm = _timed(
+                lambda m=method, s=scored, d=data: tfprune.score(s, m, d), repeats
+            )
             print(f"| {name} | {step:.4f} | {method} | {cold:.3f} | {warm:.4f} | "
                   f"{warm / step:.2f} |")
         if "synflow" in tfprune.scorer_names():

@@ -46,6 +46,8 @@ def check_ablations(ablations: str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(ablations, str):
         ablations = [a for a in ablations.replace("+", ",").split(",") if a.strip()]
+    if not isinstance(ablations, Iterable):
+        raise ConfigError(f"ablations must be a list of names from {', '.join(ABLATIONS)}")
     names = tuple(str(a).strip() for a in ablations if str(a).strip() != "none")
     for name in names:
         if name not in ABLATIONS:
@@ -57,6 +59,9 @@ def check_ablations(ablations: str | Iterable[str] | None) -> tuple[str, ...]:
 
 def shuffle_masks(masks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     """Permutes each layer's mask independently; per-layer counts are preserved exactly.
+
+    The whole layer is permuted, so on a network pruned before (for example a later level of
+    iterative pruning) positions pruned earlier can be chosen again; that is the ablation.
 
     Args:
         masks: `{path: 0/1 mask}`.

@@ -162,7 +162,9 @@ def prune(
             the weights from their initializers with a new seed) and `"invert"` (keep the lowest
             keep-scores, every round).
         min_layer_density: Each layer keeps at least this fraction (at least one weight when
-            > 0), preventing layer collapse.
+            > 0), preventing layer collapse. With global selection the total stays exactly
+            `round(density * N)`; per-layer rules (`scope="layer"`, `uniform`, `erk`,
+            `ratio_of:*`) raise a layer below the floor up to it, adding to the total.
         batch_size: Batch size used to split tuple data.
         **options: Options of the method.
 
@@ -278,12 +280,17 @@ def _prune_scored(
     rounds = _check_rounds(scorer.default_rounds if rounds is None else rounds)
     batches = _batches_for(scorer, model, data, batch_size)
     rng = np.random.default_rng(seed)
-    masks = get_masks(model)
+    original = masks = get_masks(model)
     scores = {}
-    for i in range(1, rounds + 1):
-        scores = scorer(model, weights, batches, rng)
-        masks = select(scores, masks, density ** (i / rounds), scope, invert, min_layer_density)
-        assign_masks(model, masks)
+    try:
+        for i in range(1, rounds + 1):
+            scores = scorer(model, weights, batches, rng)
+            masks = select(scores, masks, density ** (i / rounds), scope, invert, min_layer_density)
+            assign_masks(model, masks)
+    except ConfigError:
+        # A later round can reject min_layer_density; a rejected call prunes nothing.
+        assign_masks(model, original)
+        raise
     return masks, _score_stats(scores, masks), rounds
 
 
