@@ -1,5 +1,6 @@
 """Pruning: scorers → selection → ablations → masks."""
 
+from tfprune.pruning import grasp, synflow  # noqa: F401  (importing registers the scorers)
 from tfprune.pruning.ablations import ABLATIONS, check_ablations, reinitialize, shuffle_masks
 from tfprune.pruning.api import (
     PruneReport,

@@ -1,0 +1,166 @@
+"""`grasp` (Wang, Zhang and Grosse, 2020): keep-score w ⊙ (H g), SPEC §2."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import types
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tfprune.errors import ConfigError
+from tfprune.pruning.scorers import (
+    Scorer,
+    cached_function,
+    kernel_positions,
+    register_scorer,
+)
+
+
+@register_scorer
+class GraspScorer(Scorer):
+    """`grasp`: keep-score w ⊙ (H g), logits divided by a temperature, BN on batch statistics.
+
+    L is the mean cross-entropy of `logits / temperature`, g = ∇_w L over the prunable kernels
+    (treated as a constant) and H the Hessian of L with respect to those kernels; H g is the
+    gradient of ⟨stop_gradient(g), ∇_w L⟩ (nested `tf.GradientTape`). The model runs statelessly
+    in training mode, so BatchNorm normalises with batch statistics and its moving averages
+    are not touched.
+
+    The GraSP paper scores S = -w ⊙ (H g) and removes the weights with the highest S; the
+    keep-score here is -S, so keeping the top keep-scores is the published method.
+
+    With several batches, g is the batch-size-weighted mean of the per-batch gradients (the
+    GraSP authors accumulate g over all the pruning data), then H g is the batch-size-weighted
+    mean of the per-batch products H_b g, and the keep-score is w ⊙ H g.
+
+    Args:
+        temperature: T, which divides the logits (200 in the paper).
+        from_logits: Whether the model outputs logits (tfprune's networks do). If it outputs
+            probabilities, their logarithms serve as the logits.
+
+    Example:
+
+    >>> scores = tfprune.score(model, "grasp", data=(x, y))
+    """
+
+    name = "grasp"
+    needs_data = True
+
+    def __init__(self, temperature: float = 200.0, from_logits: bool = True):
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature)
+            or temperature <= 0
+        ):
+            raise ConfigError(f"grasp temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, model, weights, batches, rng):
+        gradient, hessian_gradient = self._functions(model, weights)
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        total = sum(len(y) for _, y in batches)
+        with _exact_batch_moments(model):
+            g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
+            for x, y in batches:
+                for acc, grad in zip(g, gradient(trainable, non_trainable, x, y), strict=True):
+                    acc += (len(y) / total) * grad.numpy()
+            g = [
+                tf.constant(acc, dtype=w.kernel.dtype)
+                for acc, w in zip(g, weights.values(), strict=True)
+            ]
+            hg = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
+            for x, y in batches:
+                products = hessian_gradient(trainable, non_trainable, x, y, g)
+                for acc, product in zip(hg, products, strict=True):
+                    acc += (len(y) / total) * product.numpy()
+        return {
+            path: np.float64(w.kernel.numpy()) * product
+            for (path, w), product in zip(weights.items(), hg, strict=True)
+        }
+
+    def _functions(self, model, weights):
+        """Returns the traced `(gradient, hessian_gradient)` of `model`, cached per model."""
+        key = ("grasp", tuple(weights), self.temperature, self.from_logits)
+        return cached_function(model, key, lambda: self._trace(model, weights))
+
+    def _trace(self, model, weights):
+        kernel_index = kernel_positions(model, weights)
+        zero = tf.UnconnectedGradients.ZERO
+
+        def loss(trainable, non_trainable, x, y):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            if outputs.dtype != tf.float64:
+                # At least float32 for the loss; a float64 model keeps its precision.
+                outputs = tf.cast(outputs, tf.float32)
+            if not self.from_logits:
+                outputs = tf.math.log(tf.maximum(outputs, keras.config.epsilon()))
+            return tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(
+                    y, outputs / self.temperature, from_logits=True
+                )
+            )
+
+        @tf.function(reduce_retracing=True)
+        def gradient(trainable, non_trainable, x, y):
+            kernels = [trainable[i] for i in kernel_index]
+            with tf.GradientTape() as tape:
+                tape.watch(kernels)
+                value = loss(trainable, non_trainable, x, y)
+            return tape.gradient(value, kernels, unconnected_gradients=zero)
+
+        @tf.function(reduce_retracing=True)
+        def hessian_gradient(trainable, non_trainable, x, y, g):
+            kernels = [trainable[i] for i in kernel_index]
+            with tf.GradientTape() as outer:
+                outer.watch(kernels)
+                with tf.GradientTape() as inner:
+                    inner.watch(kernels)
+                    value = loss(trainable, non_trainable, x, y)
+                grads = inner.gradient(value, kernels, unconnected_gradients=zero)
+                # g enters as an input, so it is a constant: only ∇L is differentiated again.
+                inner_product = tf.add_n(
+                    [tf.reduce_sum(a * b) for a, b in zip(g, grads, strict=True)]
+                )
+            return outer.gradient(inner_product, kernels, unconnected_gradients=zero)
+
+        return gradient, hessian_gradient
+
+
+@contextlib.contextmanager
+def _exact_batch_moments(model: keras.Model):
+    """Makes the model's BatchNorm layers compute batch moments that differentiate twice.
+
+    Keras' batch moments come from `tf.nn.moments`, whose variance stops the gradient through
+    the mean: the first derivative is exact, the second is not. While this context is open,
+    each BatchNormalization layer of `model` uses plain mean and variance instead (same values).
+    """
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in layers:
+        layer._moments = types.MethodType(_exact_moments, layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._moments
+
+
+def _exact_moments(layer, inputs, mask):
+    if mask is not None:
+        # Keras' masked moments do not stop any gradient.
+        return type(layer)._moments(layer, inputs, mask)
+    axes = layer._reduction_axes
+    mean = ops.mean(inputs, axis=axes, keepdims=True)
+    variance = ops.mean(ops.square(inputs - mean), axis=axes)
+    return ops.squeeze(mean, axis=axes), variance
