@@ -240,6 +240,7 @@ def run(
     state = trainer.run()
     masks = get_masks(model)
     save_masks(os.path.join(output_dir, "masks.npz"), masks)
+    save_model(model, os.path.join(output_dir, "model.keras"))
     final = state.history[-1]
     pruning = state.extra.get("pruning", {})
     collapsed = [p for p, d in layer_densities(masks).items() if d == 0]
@@ -290,6 +291,20 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Saves `model` as a `.keras` file atomically (masks included)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(path: str, content: dict) -> None:
