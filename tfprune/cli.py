@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 import gin
 from absl import logging
@@ -41,16 +40,3 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
         raise ConfigError(f"invalid gin configuration: {reason}") from error
     finally:
         logging.set_verbosity(verbosity)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 
 import keras
@@ -27,6 +26,7 @@ from absl import logging
 
 from tfprune import data as data_lib
 from tfprune import models
+from tfprune._io import atomic_path, write_text
 from tfprune.errors import ConfigError, OutputError
 from tfprune.pruning import (
     check_ablations,
@@ -295,31 +295,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 def save_model(model: keras.Model, path: str) -> None:
     """Saves `model` as a `.keras` file atomically (masks included)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".keras")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json(path: str, content: dict) -> None:
     """Writes `content` as JSON to `path` atomically (temporary file, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 def _prune(model, experiment, training, strategy, output_dir, step) -> dict:

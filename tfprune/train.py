@@ -17,7 +17,8 @@ import sys
 import gin
 from absl import app, flags, logging
 
-from tfprune.cli import fail, parse_gin, write_text_atomic
+from tfprune._io import write_text
+from tfprune.cli import fail, parse_gin
 from tfprune.errors import TfpruneError
 from tfprune.experiment import Experiment, default_output_dir, run
 from tfprune.pruning import ABLATIONS, check_ablations
@@ -78,9 +79,7 @@ def main(argv):
         output_dir = OUTPUT_DIR.value or default_output_dir(experiment, training)
         stop = _StopRequest()
         results = run(experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop)
-        write_text_atomic(
-            os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str()
-        )
+        write_text(os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str())
     except Interrupted as interrupted:
         logging.warning("%s", interrupted)
         sys.exit(128 + (stop.signal or signal.SIGINT))

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +22,7 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
+from tfprune._io import make_temp_dir
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.steps import to_iterations
 
@@ -434,7 +434,7 @@ class Trainer:
         """Writes a checkpoint of the model, the optimizer and `state`; returns its path."""
         variables = self._variables()
         target = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{state.step:09d}")
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.checkpoint_dir)
+        tmp = make_temp_dir(self.checkpoint_dir)
         try:
             with open(os.path.join(tmp, "variables.npz"), "wb") as f:
                 np.savez(f, **{f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)})

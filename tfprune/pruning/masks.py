@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import keras
 import numpy as np
 
+from tfprune._io import atomic_path
 from tfprune.errors import ConfigError, DataError
 from tfprune.layers import prunable_weights
 
@@ -69,16 +69,8 @@ def save_masks(path: str, masks: dict[str, np.ndarray]) -> None:
 
     Masks are stored as uint8, keyed by kernel path.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{k: np.asarray(v, dtype=np.uint8) for k, v in masks.items()})
 
 
 def load_masks(path: str) -> dict[str, np.ndarray]:
