@@ -28,6 +28,7 @@ from tfprune.version import __version__
 
 # The experiment runner uses every stage above, so it is imported last.
 from tfprune.experiment import Experiment, run  # noqa: E402  isort: skip
+from tfprune.deploy import export, size_report, strip  # noqa: E402  isort: skip
 
 __all__ = [
     "ABLATIONS",
@@ -60,4 +61,7 @@ __all__ = [
     "score",
     "scorer_names",
     "select",
+    "export",
+    "size_report",
+    "strip",
 ]
