@@ -96,7 +96,7 @@ def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
     [
         (
             ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.method = 'snipp'"],
-            "unknown method 'snipp'",
+            "unknown pruning method 'snipp'",
         ),
         (
             ["--gin_file=gin_configs/snip.gin", "--gin_bindings=experiment.density = 0.0"],
