@@ -1,12 +1,14 @@
-"""One experiment end to end: data → model → pruning at a step → training → results on disk.
+"""One experiment end to end: data → model → pruning → training → results on disk.
 
 `run(Experiment(...), TrainConfig(...), output_dir)` is what `python -m tfprune.train` calls
-after reading its gin files; it works the same without gin.
+after reading its gin files; it works the same without gin. Pruning at initialization (or at a
+step t) happens inside the training loop; the after-training baselines are in
+`tfprune.after_training`.
 
 A run directory holds `config.json` (what was asked), `checkpoints/`, `tensorboard/`,
-`masks.npz` (once pruned, and final), and on completion `results.json`. Re-running into the
-same directory resumes from the newest checkpoint; a different configuration is refused unless
-`overwrite=True`.
+`masks.npz` and `pruning.json` (once pruned), and on completion `model.keras` and
+`results.json`. Re-running into the same directory resumes from the newest checkpoint; a
+different configuration is refused unless `overwrite=True`.
 """
 
 from __future__ import annotations
@@ -14,39 +16,37 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import numbers
 import os
-import shutil
 from collections.abc import Callable
 
-import keras
-import tensorflow as tf
 from absl import logging
 
-from tfprune import data as data_lib
-from tfprune import models
-from tfprune._io import atomic_path, write_text
-from tfprune.errors import ConfigError, OutputError
+from tfprune import after_training, models
+from tfprune.errors import ConfigError
 from tfprune.pruning import (
     check_ablations,
     check_method,
-    get_masks,
-    layer_densities,
     needs_data,
-    overall_density,
     prune_with_report,
     save_masks,
 )
 from tfprune.pruning.selection import check_density, check_scope
+from tfprune.runner import (
+    STRATEGIES,
+    RunContext,
+    finish,
+    make_strategy,
+    prepare_output_dir,
+    read_results,
+    semantic,
+    write_json,
+)
 from tfprune.steps import to_iterations
-from tfprune.training import TrainConfig, Trainer, TrainState
+from tfprune.training import TrainConfig, TrainState
 from tfprune.version import __version__
 
 DENSE = "dense"
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
-# Settings that change how a run is displayed, not what it computes.
-_COSMETIC = ("progress", "log_every_steps", "keep_checkpoints")
 
 
 @dataclasses.dataclass
@@ -57,13 +57,22 @@ class Experiment:
         dataset: A dataset name (`fashion_mnist`, `cifar10`, ... see `tfprune.data`).
         model: A network name (`tfprune.models.names()`).
         method: A pruning method (`tfprune.method_names()`: a scorer, `uniform`, `erk` or
-            `ratio_of:<scorer>`) or `"dense"` for no pruning.
+            `ratio_of:<scorer>`), an after-training baseline (`magnitude_after_training`,
+            `lottery`, `lottery_oneshot`) or `"dense"` for no pruning.
         density: Fraction of prunable weights kept, in (0, 1]; must be 1 for `"dense"`.
         scope: `"global"` or `"layer"` selection.
         rounds: Pruning rounds (exponential density schedule); None: the method's default.
         ablations: Any of `"shuffle"`, `"reinit"`, `"invert"` (SPEC §3).
         min_layer_density: Minimum fraction each layer keeps (0: no minimum).
         prune_step: When to prune: `"0it"` (at initialization), `"500it"`, `"2ep"`, ...
+            (methods at initialization only).
+        rewind_step: For the after-training baselines: the step k whose weights the
+            survivors restart from (training resumes at k). Default: `"0it"` for the lottery
+            methods; none (fine-tuning from the trained weights) for
+            `magnitude_after_training`.
+        lottery_rate: Fraction of the remaining weights each lottery level removes.
+        shared_dir: Where runs shared between experiments (the dense training and the
+            lottery levels) are kept; default `<output_dir>/../_shared`.
         seed: Seed of the initialization, data order, pruning data and seeded methods.
         examples_per_class: Pruning examples per class for data-driven methods.
         data_dir: Where datasets are looked for (default: the usual places).
@@ -83,6 +92,9 @@ class Experiment:
     ablations: tuple = ()
     min_layer_density: float = 0.0
     prune_step: str | int = "0it"
+    rewind_step: str | int | None = None
+    lottery_rate: float = 0.2
+    shared_dir: str | None = None
     seed: int = 0
     examples_per_class: int = 10
     data_dir: str | None = None
@@ -94,11 +106,13 @@ class Experiment:
 
     def validate(self) -> None:
         """Raises ConfigError for a setting that cannot run."""
-        if self.method != DENSE:
+        after = self.method in after_training.METHODS
+        if self.method != DENSE and not after:
             try:
                 check_method(self.method)
             except ConfigError as error:
-                raise ConfigError(f"{error}, or dense") from None
+                extra = ", ".join((*after_training.METHODS, DENSE))
+                raise ConfigError(f"{error}, {extra}") from None
         density = check_density(self.density)
         ablations = check_ablations(self.ablations)
         if self.method == DENSE and ablations:
@@ -108,6 +122,21 @@ class Experiment:
         if self.method == DENSE and density != 1.0:
             raise ConfigError(
                 f"method 'dense' keeps every weight: set density = 1.0, not {density}"
+            )
+        if after:
+            for name in ablations:
+                if name not in after_training.ABLATIONS:
+                    raise ConfigError(
+                        f"ablation {name!r} does not apply to {self.method}; use "
+                        f"{' or '.join(after_training.ABLATIONS)}"
+                    )
+            if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
+                raise ConfigError(f"{self.method} prunes after training: leave prune_step at 0")
+            if self.method == "lottery":
+                after_training.lottery_level(density, self.lottery_rate)
+        elif self.rewind_step is not None:
+            raise ConfigError(
+                f"rewind_step applies to {', '.join(after_training.METHODS)}, not {self.method}"
             )
         check_scope(self.scope)
         if self.model not in models.names():
@@ -142,7 +171,7 @@ def config_dict(experiment: Experiment, training: TrainConfig) -> dict:
 def default_output_dir(experiment: Experiment, training: TrainConfig, root: str = "runs") -> str:
     """A run directory named from the configuration: `root/<dataset>-<model>/<method>-...`."""
     digest = hashlib.sha256(
-        json.dumps(_semantic(config_dict(experiment, training)), sort_keys=True).encode()
+        json.dumps(semantic(config_dict(experiment, training)), sort_keys=True).encode()
     ).hexdigest()[:8]
     method = experiment.method.replace(":", "_")
     ablations = "".join(f"-{a}" for a in check_ablations(experiment.ablations))
@@ -178,142 +207,97 @@ def run(
     training.validate()
     output_dir = output_dir or default_output_dir(experiment, training)
     config = config_dict(experiment, training)
-    results_path = os.path.join(output_dir, "results.json")
-    _prepare_output_dir(output_dir, config, overwrite)
-    if os.path.exists(results_path):
+    prepare_output_dir(output_dir, config, overwrite)
+    finished = read_results(output_dir)
+    if finished is not None:
         logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
-        with open(results_path) as f:
-            return json.load(f)
+        return finished
+    ctx = RunContext(
+        dataset=experiment.dataset,
+        model=experiment.model,
+        seed=experiment.seed,
+        training=training,
+        strategy=make_strategy(experiment.strategy),
+        data_dir=experiment.data_dir,
+        augment=experiment.augment,
+        train_limit=experiment.train_limit,
+        test_limit=experiment.test_limit,
+    )
+    fields = {
+        "method": experiment.method,
+        "ablations": list(check_ablations(experiment.ablations)),
+        "density_target": float(experiment.density),
+        "scope": experiment.scope,
+        "min_layer_density": experiment.min_layer_density,
+        "seed": experiment.seed,
+        "dataset": experiment.dataset,
+        "model": experiment.model,
+        "tfprune_version": __version__,
+        "config": config,
+    }
+    if experiment.method in after_training.METHODS:
+        rewind = experiment.rewind_step
+        rewind = (
+            None
+            if rewind is None
+            else to_iterations(rewind, ctx.steps_per_epoch, "experiment.rewind_step")
+        )
+        if experiment.method != "magnitude_after_training" and rewind is None:
+            rewind = 0
+        fields.update({"prune_step": ctx.total_steps, "rewind_step": rewind, "rounds": 1})
+        return after_training.run(
+            ctx,
+            method=experiment.method,
+            density=float(experiment.density),
+            ablations=check_ablations(experiment.ablations),
+            rewind_step=rewind,
+            rate=experiment.lottery_rate,
+            shared_dir=experiment.shared_dir
+            or os.path.join(os.path.dirname(os.path.abspath(output_dir)), "_shared"),
+            output_dir=output_dir,
+            fields=fields,
+            should_stop=should_stop,
+        )
+    return _run_at_step(experiment, ctx, output_dir, fields, should_stop)
 
-    info = data_lib.dataset_info(experiment.dataset, experiment.data_dir)
-    num_train = min(info.num_train, experiment.train_limit or info.num_train)
-    steps_per_epoch = math.ceil(num_train / training.batch_size)
-    total_steps = training.total_steps(steps_per_epoch)
-    prune_step = to_iterations(experiment.prune_step, steps_per_epoch, "experiment.prune_step")
-    if prune_step >= total_steps and experiment.method != DENSE:
+
+def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -> dict:
+    prune_step = to_iterations(experiment.prune_step, ctx.steps_per_epoch, "experiment.prune_step")
+    if prune_step >= ctx.total_steps and experiment.method != DENSE:
         raise ConfigError(
             f"experiment.prune_step {experiment.prune_step!r} is at or after the end of training "
-            f"({total_steps} iterations)"
+            f"({ctx.total_steps} iterations)"
         )
-
-    strategy = make_strategy(experiment.strategy)
-    keras.utils.set_random_seed(experiment.seed)
-    with strategy.scope():
-        model = models.build(experiment.model, info.input_shape, info.num_classes)
-
-    def train_data(epoch: int, skip: int) -> tf.data.Dataset:
-        return data_lib.train_dataset(
-            experiment.dataset,
-            training.batch_size,
-            seed=experiment.seed,
-            epoch=epoch,
-            skip_batches=skip,
-            augment=experiment.augment,
-            data_dir=experiment.data_dir,
-            limit=experiment.train_limit,
-        )
-
-    def eval_data() -> tf.data.Dataset:
-        return data_lib.eval_dataset(
-            experiment.dataset,
-            training.batch_size,
-            data_dir=experiment.data_dir,
-            limit=experiment.test_limit,
-        )
+    model = ctx.build_model()
+    trainer = None
 
     def on_step(step: int, state: TrainState) -> None:
         if step != prune_step or experiment.method == DENSE or state.extra.get("pruning"):
             return
-        state.extra["pruning"] = _prune(model, experiment, training, strategy, output_dir, step)
+        state.extra["pruning"] = _prune(model, experiment, ctx, output_dir, step)
+        if step:
+            # Training restarts at step t with the pruned network: fresh momentum buffers.
+            trainer.reset_optimizer_slots()
 
-    trainer = Trainer(
-        model,
-        training,
-        train_data,
-        eval_data,
-        steps_per_epoch,
-        output_dir,
-        strategy=strategy,
-        on_step=on_step,
-        should_stop=should_stop,
-    )
+    trainer = ctx.trainer(model, output_dir, on_step=on_step, should_stop=should_stop)
     state = trainer.run()
-    masks = get_masks(model)
-    save_masks(os.path.join(output_dir, "masks.npz"), masks)
-    save_model(model, os.path.join(output_dir, "model.keras"))
-    final = state.history[-1]
     pruning = state.extra.get("pruning", {})
-    collapsed = [p for p, d in layer_densities(masks).items() if d == 0]
-    warnings = [f"layer collapse: {p} keeps no weight" for p in collapsed]
-    results = {
-        "method": experiment.method,
-        "ablations": list(check_ablations(experiment.ablations)),
-        "density_target": float(experiment.density),
-        "density_actual": overall_density(masks),
-        "layer_density": layer_densities(masks),
-        "collapsed_layers": collapsed,
-        "warnings": warnings,
-        "scope": experiment.scope,
-        "rounds": pruning.get("rounds", 0),
-        "min_layer_density": experiment.min_layer_density,
-        "prune_step": prune_step,
-        "seed": experiment.seed,
-        "dataset": experiment.dataset,
-        "model": experiment.model,
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"],
-        "train_accuracy": final["train_accuracy"],
-        "train_loss": final["train_loss"],
-        "epochs": len(state.history),
-        "steps": state.step,
-        "history": state.history,
-        "scoring_seconds": pruning.get("seconds", 0.0),
-        "wall_seconds": state.wall_seconds,
-        "tfprune_version": __version__,
-        "config": config,
-    }
-    write_json(results_path, results)
-    logging.info(
-        "done: test accuracy %.4f at density %.4f; results in %s",
-        results["test_accuracy"],
-        results["density_actual"],
-        results_path,
+    fields.update(
+        {
+            "prune_step": prune_step,
+            "rewind_step": None,
+            "rounds": pruning.get("rounds", 0),
+            "scoring_seconds": pruning.get("seconds", 0.0),
+        }
     )
-    return results
+    return finish(model, state, output_dir, fields)
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy named `name` (see `STRATEGIES`)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-
-
-def save_model(model: keras.Model, path: str) -> None:
-    """Saves `model` as a `.keras` file atomically (masks included)."""
-    with atomic_path(path, suffix=".keras") as tmp:
-        model.save(tmp)
-
-
-def write_json(path: str, content: dict) -> None:
-    """Writes `content` as JSON to `path` atomically (temporary file, then rename)."""
-    write_text(path, json.dumps(content, indent=2) + "\n")
-
-
-def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
+def _prune(model, experiment, ctx: RunContext, output_dir, step) -> dict:
     data = None
     if needs_data(experiment.method):
-        data = data_lib.pruning_data(
-            experiment.dataset,
-            experiment.examples_per_class,
-            seed=experiment.seed,
-            data_dir=experiment.data_dir,
-        )
-    with strategy.scope():
+        data = ctx.pruning_data(experiment.examples_per_class)
+    with ctx.strategy.scope():
         report = prune_with_report(
             model,
             experiment.method,
@@ -324,7 +308,7 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
             rounds=experiment.rounds,
             ablations=experiment.ablations,
             min_layer_density=experiment.min_layer_density,
-            batch_size=training.batch_size,
+            batch_size=ctx.training.batch_size,
             **experiment.method_options,
         )
     save_masks(os.path.join(output_dir, "masks.npz"), report.masks)
@@ -351,39 +335,3 @@ def _prune(model, experiment, training, strategy, output_dir, step) -> dict:
         report.seconds,
     )
     return {"step": step, "seconds": report.seconds, "rounds": report.rounds}
-
-
-def _semantic(config: dict) -> dict:
-    training = {k: v for k, v in config["training"].items() if k not in _COSMETIC}
-    return {"experiment": config["experiment"], "training": training}
-
-
-def _prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
-    config_path = os.path.join(output_dir, "config.json")
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise OutputError(f"output directory {output_dir} exists and is not a directory")
-    is_run = os.path.exists(config_path)
-    if not is_run and os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise OutputError(
-            f"{output_dir} is not empty and holds no tfprune run; choose another output directory"
-        )
-    if is_run and overwrite:
-        logging.warning("overwriting the run in %s", output_dir)
-        shutil.rmtree(output_dir)
-    elif is_run:
-        try:
-            with open(config_path) as f:
-                same = _semantic(json.load(f)) == _semantic(json.loads(json.dumps(config)))
-        except (OSError, ValueError, KeyError):
-            same = False
-        if not same:
-            raise OutputError(
-                f"{output_dir} holds a run with a different configuration; choose another "
-                "output directory or pass --overwrite to replace it"
-            )
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        if not os.path.exists(config_path):
-            write_json(config_path, config)
-    except OSError as error:
-        raise OutputError(f"cannot write to output directory {output_dir}: {error}") from error

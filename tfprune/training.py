@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 from keras import ops
 
-from tfprune._io import make_temp_dir
+from tfprune._io import atomic_path, make_temp_dir
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.steps import to_iterations
 
@@ -235,6 +235,10 @@ class Trainer:
             more with the final step); the pruning hook. It may change the model's masks.
         should_stop: Polled between iterations; when it returns True, a checkpoint is written
             and `Interrupted` is raised.
+        start_step: Where a fresh run starts (rewinding: the schedule and the data order
+            resume there); ignored when a checkpoint is restored.
+        keep_steps: Iterations at which the model's variables are saved for good, as
+            `snapshots/step-<n>.npz` (the weights after n iterations; see `load_snapshot`).
     """
 
     def __init__(
@@ -248,6 +252,8 @@ class Trainer:
         strategy: tf.distribute.Strategy | None = None,
         on_step: Callable[[int, TrainState], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        start_step: int = 0,
+        keep_steps: Sequence[int] = (),
     ):
         config.validate()
         self.model = model
@@ -261,6 +267,13 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.on_step = on_step or (lambda step, state: None)
         self.should_stop = should_stop or (lambda: False)
+        self.start_step = int(start_step)
+        if not 0 <= self.start_step < self.total_steps:
+            raise ConfigError(
+                f"training cannot start at iteration {start_step}: it lasts {self.total_steps}"
+            )
+        self.keep_steps = {int(s) for s in keep_steps}
+        self.snapshot_dir = os.path.join(output_dir, "snapshots")
         with self.strategy.scope():
             self.schedule = config.schedule(self.steps_per_epoch)
             self.optimizer = SGD(self.schedule, config.momentum, config.weight_decay)
@@ -281,8 +294,11 @@ class Trainer:
     def run(self) -> TrainState:
         """Trains to the end, resuming from the newest checkpoint; returns the final state."""
         os.makedirs(self.checkpoint_dir, exist_ok=True)
-        state = self.restore() or TrainState()
-        if state.step:
+        state = self.restore()
+        if state is None:
+            state = TrainState(step=self.start_step)
+            self.optimizer.iterations.assign(self.start_step)
+        else:
             logging.info("resuming at iteration %d of %d", state.step, self.total_steps)
         writer = tf.summary.create_file_writer(os.path.join(self.output_dir, "tensorboard"))
         started = time.time() - state.wall_seconds
@@ -302,7 +318,7 @@ class Trainer:
                 self.train_data(epoch, skip).take(epoch_end - state.step)
             )
             for done, (x, y) in enumerate(dataset, start=1):
-                self.on_step(state.step, state)
+                self._before_step(state)
                 self._train_step(x, y)
                 state.step += 1
                 if done % self.config.log_every_steps == 0 or state.step == epoch_end:
@@ -355,8 +371,21 @@ class Trainer:
             writer.flush()
             state.wall_seconds = time.time() - started
             self.save(state)
-        self.on_step(state.step, state)
+        self._before_step(state)
         return state
+
+    def _before_step(self, state: TrainState) -> None:
+        self.on_step(state.step, state)
+        if state.step in self.keep_steps:
+            path = os.path.join(self.snapshot_dir, f"step-{state.step:09d}.npz")
+            if not os.path.exists(path):
+                os.makedirs(self.snapshot_dir, exist_ok=True)
+                save_snapshot(self.model, path)
+
+    def reset_optimizer_slots(self) -> None:
+        """Zeroes the optimizer's buffers (momentum), keeping its iteration count."""
+        for buffer in self.optimizer.momentums:
+            buffer.assign(np.zeros(tuple(buffer.shape), dtype=buffer.dtype))
 
     def learning_rate(self, step: int) -> float:
         """The learning rate used at iteration `step`."""
@@ -486,6 +515,35 @@ class Interrupted(Exception):
     def __init__(self, step: int):
         super().__init__(f"training interrupted at iteration {step}; a checkpoint was written")
         self.step = step
+
+
+def save_snapshot(model: keras.Model, path: str) -> None:
+    """Writes every variable of `model` (weights, BN statistics, masks) to `path` atomically."""
+    variables = model.variables
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    arrays["paths"] = np.array([v.path for v in variables])
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_snapshot(model: keras.Model, path: str) -> None:
+    """Assigns the variables saved by `save_snapshot` to `model` (same architecture).
+
+    Raises:
+        ConfigError: if the snapshot does not fit the model.
+    """
+    variables = model.variables
+    with np.load(path) as data:
+        if len(data.files) - 1 != len(variables):
+            raise ConfigError(
+                f"snapshot {path} holds {len(data.files) - 1} variables, the model {len(variables)}"
+            )
+        values = [data[f"v{i}"] for i in range(len(variables))]
+    for variable, value in zip(variables, values, strict=True):
+        if tuple(variable.shape) != value.shape:
+            raise ConfigError(f"snapshot {path} has shape {value.shape} for {variable.path}")
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
 
 
 def checkpoints(checkpoint_dir: str) -> list[str]:

@@ -1,0 +1,245 @@
+"""Baselines that prune after training (SPEC §4): magnitude pruning after training and
+lottery-ticket rewinding, with the `shuffle` and `reinit` ablations.
+
+All of them start from one dense training of the configuration (the "trunk", shared by every
+method, density and ablation of the same data, network, training and seed). Iterative lottery
+levels are shared too: level n of rewinding step k is computed once, from level n - 1, and
+reused by every run that needs it. Shared runs live in `shared_dir`, each one locked while it
+is computed, so concurrent sweep workers wait for it instead of computing it twice.
+
+- `magnitude_after_training`: keep the global top-|w_T| of the dense network at density d,
+  then retrain the survivors from w_T with the whole learning-rate schedule replayed
+  (fine-tuning, as the paper's code does), or, with a rewind step k, from w_k from step k on.
+- `lottery` (iterative magnitude pruning with rewinding, LTR): level n keeps (1 - rate)^n of
+  the weights (rate 0.2): it removes the lowest |w| of the weights level n - 1 kept after
+  training, rewinds the survivors to w_k of the dense run and trains from step k (learning
+  rate and data order resume at k). k = 0 is the original lottery ticket.
+- `lottery_oneshot`: prune to d at once by |w_T|, rewind to w_k, train from k.
+
+Ablations act on the run being evaluated, never on the shared levels it derives from:
+`shuffle` permutes each layer's mask, `reinit` starts the survivors from a fresh draw of the
+initializers (with a new seed) instead of w_k (or w_T).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+
+from absl import logging
+
+from tfprune.errors import ConfigError
+from tfprune.pruning import (
+    assign_masks,
+    get_masks,
+    kept_count,
+    prune,
+    reinitialize,
+    shuffle_masks,
+)
+from tfprune.runner import (
+    RunContext,
+    finish,
+    locked,
+    prepare_output_dir,
+    read_results,
+    semantic,
+    snapshot_path,
+    write_json,
+)
+from tfprune.training import load_snapshot
+
+METHODS = ("magnitude_after_training", "lottery", "lottery_oneshot")
+ABLATIONS = ("shuffle", "reinit")
+DEFAULT_RATE = 0.2
+
+
+def lottery_level(density: float, rate: float = DEFAULT_RATE) -> int:
+    """The lottery level n whose density (1 - rate)^n is `density`.
+
+    Raises:
+        ConfigError: if `density` is not such a power.
+
+    Example:
+
+    >>> lottery_level(0.8**3)
+    3
+    """
+    if not 0 < rate < 1:
+        raise ConfigError(f"the lottery pruning rate must be in (0, 1), got {rate!r}")
+    level = round(math.log(density) / math.log(1 - rate))
+    if level < 0 or not math.isclose((1 - rate) ** level, density, rel_tol=1e-6):
+        raise ConfigError(
+            f"lottery reaches densities {1 - rate:g}^n; {density!r} is none of them "
+            "(use lottery_oneshot for any density)"
+        )
+    return level
+
+
+def run(
+    ctx: RunContext,
+    *,
+    method: str,
+    density: float,
+    ablations: tuple[str, ...],
+    rewind_step: int | None,
+    rate: float,
+    shared_dir: str,
+    output_dir: str,
+    fields: dict,
+    should_stop=None,
+) -> dict:
+    """Runs one after-training baseline into `output_dir` (a prepared run directory).
+
+    Args:
+        ctx: Data, network and training of the configuration.
+        method: One of `METHODS`.
+        density: Fraction of the prunable weights kept.
+        ablations: Any of `ABLATIONS`.
+        rewind_step: Rewinding iteration k; None fine-tunes from w_T
+            (`magnitude_after_training` only).
+        rate: Fraction of the remaining weights each lottery level removes.
+        shared_dir: Where the shared dense training and lottery levels are kept.
+        output_dir: The run directory of this run.
+        fields: What describes the run in `results.json`.
+        should_stop: Polled between iterations (see `Trainer`).
+
+    Returns:
+        The run's results.
+    """
+    for name in ablations:
+        if name not in ABLATIONS:
+            raise ConfigError(
+                f"ablation {name!r} does not apply to {method}; use {' or '.join(ABLATIONS)}"
+            )
+    if method != "magnitude_after_training" and rewind_step is None:
+        rewind_step = 0
+    trunk = _trunk_dir(ctx, shared_dir)
+    dense_dir = _dense(ctx, trunk, rewind_step, should_stop)
+    if method == "lottery":
+        level = lottery_level(density, rate)
+        if level == 0:
+            raise ConfigError("lottery level 0 is the dense network; use method 'dense'")
+        level_dir = _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop)
+        if not ablations:
+            return _adopt(level_dir, output_dir, fields)
+        parent = dense_dir if level == 1 else _level_dir(trunk, level - 1, rewind_step, rate)
+        start = rewind_step
+    else:
+        level_dir, parent = None, dense_dir
+        start = 0 if rewind_step is None else rewind_step
+
+    model = ctx.build_model()
+    load_snapshot(model, snapshot_path(parent, ctx.total_steps))
+    masks = prune(model, "magnitude", density if level_dir is None else (1 - rate) ** level)
+    if "shuffle" in ablations:
+        masks = shuffle_masks(masks, ctx.seed)
+    if rewind_step is not None:
+        load_snapshot(model, snapshot_path(dense_dir, rewind_step))
+    assign_masks(model, masks)
+    if "reinit" in ablations:
+        reinitialize(model, ctx.seed)
+    trainer = ctx.trainer(model, output_dir, should_stop=should_stop, start_step=start)
+    state = trainer.run()
+    return finish(model, state, output_dir, fields)
+
+
+def _trunk_dir(ctx: RunContext, shared_dir: str) -> str:
+    description = {
+        "dataset": ctx.dataset,
+        "model": ctx.model,
+        "seed": ctx.seed,
+        "data_dir": ctx.data_dir,
+        "augment": ctx.augment,
+        "train_limit": ctx.train_limit,
+        "test_limit": ctx.test_limit,
+        "training": semantic({"training": vars(ctx.training)})["training"],
+    }
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(shared_dir, f"{ctx.dataset}-{ctx.model}-s{ctx.seed}-{digest}")
+
+
+def _dense(ctx: RunContext, trunk: str, rewind_step: int | None, should_stop) -> str:
+    """The shared dense training, keeping the weights at the rewind step and at the end."""
+    run_dir = os.path.join(trunk, "dense")
+    keep = {ctx.total_steps} | ({rewind_step} if rewind_step is not None else set())
+    with locked(run_dir):
+        missing = [s for s in keep if not os.path.exists(snapshot_path(run_dir, s))]
+        if read_results(run_dir) is not None and not missing:
+            return run_dir
+        if read_results(run_dir) is not None:
+            # A later request needs a step this finished run did not keep: train it again.
+            logging.info("the dense run in %s lacks steps %s; training it again", run_dir, missing)
+            shutil.rmtree(run_dir)
+        prepare_output_dir(run_dir, {"shared": "dense", "trunk": trunk}, overwrite=False)
+        model = ctx.build_model()
+        trainer = ctx.trainer(model, run_dir, should_stop=should_stop, keep_steps=keep)
+        state = trainer.run()
+        finish(model, state, run_dir, {"method": "dense", "ablations": [], "seed": ctx.seed})
+    return run_dir
+
+
+def _level_dir(trunk: str, level: int, rewind_step: int, rate: float) -> str:
+    return os.path.join(trunk, f"lottery-k{rewind_step}-r{rate:g}", f"level-{level:02d}")
+
+
+def _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
+    """Lottery level `level` (computing the missing levels before it); returns its directory."""
+    for n in range(1, level + 1):
+        run_dir = _level_dir(trunk, n, rewind_step, rate)
+        parent = dense_dir if n == 1 else _level_dir(trunk, n - 1, rewind_step, rate)
+        with locked(run_dir):
+            if read_results(run_dir) is not None:
+                continue
+            prepare_output_dir(
+                run_dir,
+                {"shared": "lottery", "level": n, "rewind_step": rewind_step, "rate": rate},
+                overwrite=False,
+            )
+            model = ctx.build_model()
+            load_snapshot(model, snapshot_path(parent, ctx.total_steps))
+            masks = prune(model, "magnitude", (1 - rate) ** n)
+            load_snapshot(model, snapshot_path(dense_dir, rewind_step))
+            assign_masks(model, masks)
+            logging.info(
+                "lottery level %d: %d weights kept, rewound to iteration %d",
+                n,
+                sum(int(m.sum()) for m in get_masks(model).values()),
+                rewind_step,
+            )
+            trainer = ctx.trainer(
+                model,
+                run_dir,
+                should_stop=should_stop,
+                start_step=rewind_step,
+                keep_steps={ctx.total_steps},
+            )
+            state = trainer.run()
+            total = sum(m.size for m in masks.values())
+            finish(
+                model,
+                state,
+                run_dir,
+                {
+                    "method": "lottery",
+                    "ablations": [],
+                    "level": n,
+                    "kept": kept_count((1 - rate) ** n, total),
+                    "rewind_step": rewind_step,
+                    "seed": ctx.seed,
+                },
+            )
+    return _level_dir(trunk, level, rewind_step, rate)
+
+
+def _adopt(level_dir: str, output_dir: str, fields: dict) -> dict:
+    """Makes a shared lottery level the result of this run (copies, no retraining)."""
+    shared = read_results(level_dir)
+    for name in ("masks.npz", "model.keras"):
+        shutil.copyfile(os.path.join(level_dir, name), os.path.join(output_dir, name))
+    results = {**shared, **fields, "shared_run": os.path.abspath(level_dir)}
+    write_json(os.path.join(output_dir, "results.json"), results)
+    return results

@@ -1,0 +1,242 @@
+"""Pieces shared by every kind of run: data and model for a configuration, run directories,
+training to the end, and the results a finished run writes.
+
+A run directory holds `config.json` (what was asked), `checkpoints/`, `tensorboard/`,
+`snapshots/` (weights kept at requested steps), `masks.npz`, and on completion `model.keras`
+and `results.json`. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from tfprune import data as data_lib
+from tfprune import models
+from tfprune._io import atomic_path, write_text
+from tfprune.errors import ConfigError, OutputError
+from tfprune.pruning import get_masks, layer_densities, overall_density, save_masks
+from tfprune.training import TrainConfig, Trainer, TrainState
+
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+# Settings that change how a run is displayed, not what it computes.
+COSMETIC = ("progress", "log_every_steps", "keep_checkpoints")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy named `name` (see `STRATEGIES`)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+@dataclasses.dataclass
+class RunContext:
+    """The data, network and training settings shared by the runs of one configuration."""
+
+    dataset: str
+    model: str
+    seed: int
+    training: TrainConfig
+    strategy: tf.distribute.Strategy
+    data_dir: str | None = None
+    augment: bool = True
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self):
+        self.info = data_lib.dataset_info(self.dataset, self.data_dir)
+        num_train = min(self.info.num_train, self.train_limit or self.info.num_train)
+        self.steps_per_epoch = math.ceil(num_train / self.training.batch_size)
+        self.total_steps = self.training.total_steps(self.steps_per_epoch)
+
+    def build_model(self) -> keras.Model:
+        """The network, initialized from the run's seed, created in the strategy's scope."""
+        keras.utils.set_random_seed(self.seed)
+        with self.strategy.scope():
+            return models.build(self.model, self.info.input_shape, self.info.num_classes)
+
+    def train_data(self, epoch: int, skip: int) -> tf.data.Dataset:
+        """One epoch of training batches, skipping the first `skip`."""
+        return data_lib.train_dataset(
+            self.dataset,
+            self.training.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            skip_batches=skip,
+            augment=self.augment,
+            data_dir=self.data_dir,
+            limit=self.train_limit,
+        )
+
+    def eval_data(self) -> tf.data.Dataset:
+        """The test batches."""
+        return data_lib.eval_dataset(
+            self.dataset, self.training.batch_size, data_dir=self.data_dir, limit=self.test_limit
+        )
+
+    def pruning_data(self, examples_per_class: int):
+        """SPEC §2's pruning sample: N examples per class from the training split."""
+        return data_lib.pruning_data(
+            self.dataset, examples_per_class, seed=self.seed, data_dir=self.data_dir
+        )
+
+    def trainer(
+        self,
+        model: keras.Model,
+        output_dir: str,
+        *,
+        on_step: Callable[[int, TrainState], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        start_step: int = 0,
+        keep_steps: Sequence[int] = (),
+    ) -> Trainer:
+        """A `Trainer` for `model` writing into `output_dir`."""
+        return Trainer(
+            model,
+            self.training,
+            self.train_data,
+            self.eval_data,
+            self.steps_per_epoch,
+            output_dir,
+            strategy=self.strategy,
+            on_step=on_step,
+            should_stop=should_stop,
+            start_step=start_step,
+            keep_steps=keep_steps,
+        )
+
+
+def finish(model: keras.Model, state: TrainState, output_dir: str, fields: dict) -> dict:
+    """Writes `masks.npz`, `model.keras` and `results.json` of a finished run; returns results.
+
+    `fields` holds what describes the run (method, ablations, seed, ...); the metrics, the
+    densities and the history are added here.
+    """
+    masks = get_masks(model)
+    save_masks(os.path.join(output_dir, "masks.npz"), masks)
+    save_model(model, os.path.join(output_dir, "model.keras"))
+    final = state.history[-1]
+    densities = layer_densities(masks)
+    collapsed = [path for path, density in densities.items() if density == 0]
+    results = {
+        **fields,
+        "density_actual": overall_density(masks),
+        "layer_density": densities,
+        "collapsed_layers": collapsed,
+        "warnings": [f"layer collapse: {path} keeps no weight" for path in collapsed],
+        "test_accuracy": final["test_accuracy"],
+        "test_loss": final["test_loss"],
+        "train_accuracy": final["train_accuracy"],
+        "train_loss": final["train_loss"],
+        "epochs": len(state.history),
+        "steps": state.step,
+        "history": state.history,
+        "wall_seconds": state.wall_seconds,
+    }
+    write_json(os.path.join(output_dir, "results.json"), results)
+    logging.info(
+        "done: test accuracy %.4f at density %.5f in %s",
+        results["test_accuracy"],
+        results["density_actual"],
+        output_dir,
+    )
+    return results
+
+
+def read_results(output_dir: str) -> dict | None:
+    """The `results.json` of a finished run, or None."""
+    path = os.path.join(output_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Saves `model` as a `.keras` file atomically (masks included)."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def write_json(path: str, content: dict) -> None:
+    """Writes `content` as JSON to `path` atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def snapshot_path(run_dir: str, step: int) -> str:
+    """Where a run keeps the variables it had after `step` iterations (see `Trainer`)."""
+    return os.path.join(run_dir, "snapshots", f"step-{step:09d}.npz")
+
+
+@contextlib.contextmanager
+def locked(path: str):
+    """Holds an exclusive lock on `path + ".lock"`, so that one process at a time computes a
+    shared result (a dense pre-training, a lottery level) that others then reuse."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def semantic(config: dict) -> dict:
+    """The part of a run's configuration that changes what it computes."""
+    return {
+        key: ({k: v for k, v in value.items() if k not in COSMETIC} if key == "training" else value)
+        for key, value in config.items()
+        if key != "tfprune_version"
+    }
+
+
+def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
+    """Creates a run directory or checks that an existing one holds the same configuration.
+
+    Raises:
+        OutputError: if the directory holds something else (a different configuration, without
+            `overwrite`; or files that are not a tfprune run) or cannot be written.
+    """
+    config_path = os.path.join(output_dir, "config.json")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputError(f"output directory {output_dir} exists and is not a directory")
+    is_run = os.path.exists(config_path)
+    if not is_run and os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise OutputError(
+            f"{output_dir} is not empty and holds no tfprune run; choose another output directory"
+        )
+    if is_run and overwrite:
+        logging.warning("overwriting the run in %s", output_dir)
+        shutil.rmtree(output_dir)
+    elif is_run:
+        try:
+            with open(config_path) as f:
+                same = semantic(json.load(f)) == semantic(json.loads(json.dumps(config)))
+        except (OSError, ValueError, KeyError):
+            same = False
+        if not same:
+            raise OutputError(
+                f"{output_dir} holds a run with a different configuration; choose another "
+                "output directory or pass --overwrite to replace it"
+            )
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        if not os.path.exists(config_path):
+            write_json(config_path, config)
+    except OSError as error:
+        raise OutputError(f"cannot write to output directory {output_dir}: {error}") from error
