@@ -1,0 +1,396 @@
+"""Command line: run a grid of experiments, each cell its own run directory.
+
+    python -m tfprune.sweep --gin_file=gin_configs/default.gin \\
+        --methods=snip,grasp,lottery --densities=0.8^5:0.8^20 \\
+        --ablations=none,shuffle,reinit,invert --seeds=0,1,2 --output_dir=D \\
+        [--gin_bindings=...] [--jobs=N] [--shard=i/N]
+
+Every cell (method × density × ablations × seed) runs `python -m tfprune.train` in a
+subprocess into `D/runs/<method>-<ablations>-d<density>-s<seed>/`, so a crash or a kill of one
+cell never takes the sweep down and a finished cell is never run again. When a cell finishes,
+one row is added to `D/results.csv` (columns in `COLUMNS`) under a file lock, so concurrent
+shards (`--shard=i/N`, for array jobs on a cluster sharing D) never clobber or duplicate rows.
+Re-running the same command resumes: finished cells are skipped, interrupted ones resume from
+their checkpoints. Runs shared between cells (the dense training and lottery levels of the
+after-training baselines) live in `D/_shared/`.
+
+Densities: a comma-separated list of numbers, powers `0.8^5`, and ranges `0.8^5:0.8^20`
+(every integer exponent) or `0.8^5:0.8^20:3` (every third). Ablations: `none`, a name, or names
+joined by `+` (`shuffle+reinit`). `dense` runs once per seed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import io
+import itertools
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app, flags, logging
+
+from tfprune._io import write_text
+from tfprune.after_training import ABLATIONS as AFTER_ABLATIONS
+from tfprune.after_training import METHODS as AFTER_METHODS
+from tfprune.after_training import lottery_level
+from tfprune.cli import fail
+from tfprune.errors import ConfigError, TfpruneError
+from tfprune.pruning import check_ablations, check_method
+from tfprune.pruning.selection import check_density
+from tfprune.runner import locked, read_results
+
+COLUMNS = (
+    "method",
+    "ablations",
+    "density_target",
+    "density_actual",
+    "seed",
+    "prune_step",
+    "rewind_step",
+    "dataset",
+    "model",
+    "test_accuracy",
+    "test_loss",
+    "epochs",
+    "wall_seconds",
+    "run_dir",
+)
+
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s) of every cell.")
+GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings of every cell.")
+METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods (dense included).")
+DENSITIES = flags.DEFINE_string("densities", "1.0", "Densities: 0.1,0.8^5,0.8^5:0.8^20[:k].")
+ABLATION_SETS = flags.DEFINE_string("ablations", "none", "Ablation sets: none,shuffle,a+b,...")
+SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
+OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The sweep directory.")
+JOBS = flags.DEFINE_integer("jobs", 1, "Cells run at the same time.")
+SHARD = flags.DEFINE_string("shard", "0/1", "Run only cells i, i+N, i+2N, ... (i/N).")
+
+_POWER = re.compile(r"^\s*([0-9.]+)\s*\^\s*(\d+)\s*$")
+
+
+def parse_densities(text: str) -> list[float]:
+    """Parses `0.1,0.8^5,0.8^5:0.8^20,0.8^5:0.8^20:3` into a list of densities (in order,
+    duplicates removed).
+
+    Example:
+
+    >>> parse_densities("0.5,0.8^1:0.8^3")
+    [0.5, 0.8, 0.6400000000000001, 0.5120000000000001]
+    """
+    values: list[float] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if ":" in item:
+            pieces = item.split(":")
+            if len(pieces) not in (2, 3):
+                raise ConfigError(f"density range {item!r} must look like 0.8^5:0.8^20[:step]")
+            start, end = _power(pieces[0], item), _power(pieces[1], item)
+            step = _positive_int(pieces[2], item) if len(pieces) == 3 else 1
+            if start[0] != end[0] or end[1] < start[1]:
+                raise ConfigError(f"density range {item!r} needs one base and rising exponents")
+            values += [start[0] ** k for k in range(start[1], end[1] + 1, step)]
+        elif "^" in item:
+            base, exponent = _power(item, item)
+            values.append(base**exponent)
+        else:
+            try:
+                values.append(float(item))
+            except ValueError:
+                raise ConfigError(f"density {item!r} is not a number, a power or a range") from None
+    if not values:
+        raise ConfigError("--densities names no density")
+    for value in values:
+        check_density(value)
+    return list(dict.fromkeys(values))
+
+
+def _power(text: str, item: str) -> tuple[float, int]:
+    match = _POWER.match(text)
+    if not match:
+        raise ConfigError(f"{text!r} in {item!r} must look like 0.8^5")
+    return float(match.group(1)), int(match.group(2))
+
+
+def _positive_int(text: str, item: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"the step of {item!r} must be a positive integer")
+    return int(text)
+
+
+def parse_ablation_sets(text: str) -> list[tuple[str, ...]]:
+    """Parses `none,shuffle,shuffle+reinit` into ablation tuples (canonical order)."""
+    sets = [check_ablations(part.strip()) for part in text.split(",") if part.strip()]
+    if not sets:
+        raise ConfigError("--ablations names no ablation set (use none for no ablation)")
+    return list(dict.fromkeys(sets))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parses `0,1,2` into seeds."""
+    seeds = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if not part.isdigit():
+            raise ConfigError(f"seed {part!r} must be a non-negative integer")
+        seeds.append(int(part))
+    if not seeds:
+        raise ConfigError("--seeds names no seed")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """Parses and checks `snip,grasp,lottery,dense`."""
+    if not text:
+        raise ConfigError("--methods is required, e.g. --methods=snip,random")
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    for method in methods:
+        if method != "dense" and method not in AFTER_METHODS:
+            check_method(method)
+    return list(dict.fromkeys(methods))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parses `i/N` (0 <= i < N)."""
+    match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text or "")
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ConfigError(f"--shard must look like i/N with 0 <= i < N, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def cells(methods, densities, ablation_sets, seeds) -> tuple[list[dict], list[str]]:
+    """The grid's cells, in a fixed order, and the combinations skipped (with the reason)."""
+    grid, skipped = [], []
+    for method, seed in itertools.product(methods, seeds):
+        if method == "dense":
+            grid.append({"method": method, "density": 1.0, "ablations": (), "seed": seed})
+            continue
+        for density, ablations in itertools.product(densities, ablation_sets):
+            reason = _skip_reason(method, density, ablations)
+            if reason:
+                skipped.append(reason)
+                continue
+            grid.append(
+                {"method": method, "density": density, "ablations": ablations, "seed": seed}
+            )
+    grid.sort(key=lambda c: (c["seed"], methods.index(c["method"]), -c["density"], c["ablations"]))
+    return grid, list(dict.fromkeys(skipped))
+
+
+def _skip_reason(method, density, ablations) -> str | None:
+    if method in AFTER_METHODS:
+        extra = [a for a in ablations if a not in AFTER_ABLATIONS]
+        if extra:
+            return f"{method} takes no {'+'.join(extra)} ablation"
+        if method == "lottery":
+            try:
+                if lottery_level(density) == 0:
+                    return "lottery at density 1 is the dense network"
+            except ConfigError:
+                return f"lottery reaches no density {density:.6g}"
+    return None
+
+
+def cell_name(cell: dict) -> str:
+    """The run directory name of a cell: `<method>-<ablations>-d<density>-s<seed>`."""
+    ablations = "+".join(cell["ablations"]) or "none"
+    method = cell["method"].replace(":", "_")
+    return f"{method}-{ablations}-d{cell['density']:.6g}-s{cell['seed']}"
+
+
+def cell_bindings(cell: dict, shared_dir: str) -> list[str]:
+    """The gin bindings that turn the base configuration into this cell."""
+    return [
+        f"experiment.method = {cell['method']!r}",
+        f"experiment.density = {cell['density']!r}",
+        f"experiment.ablations = {list(cell['ablations'])!r}",
+        f"experiment.seed = {cell['seed']}",
+        f"experiment.shared_dir = {shared_dir!r}",
+        "training.progress = False",
+    ]
+
+
+def result_row(results: dict, run_dir: str) -> dict:
+    """The `results.csv` row of a finished run."""
+    return {
+        "method": results["method"],
+        "ablations": "+".join(results.get("ablations", [])) or "none",
+        "density_target": results["density_target"],
+        "density_actual": results["density_actual"],
+        "seed": results["seed"],
+        "prune_step": results.get("prune_step", ""),
+        "rewind_step": "" if results.get("rewind_step") is None else results["rewind_step"],
+        "dataset": results["dataset"],
+        "model": results["model"],
+        "test_accuracy": results["test_accuracy"],
+        "test_loss": results["test_loss"],
+        "epochs": results["epochs"],
+        "wall_seconds": results["wall_seconds"],
+        "run_dir": run_dir,
+    }
+
+
+def append_row(csv_path: str, row: dict) -> bool:
+    """Adds `row` to `csv_path` unless a row of the same run_dir is there; returns whether it
+    added it. Under a lock, the file is rewritten through a temporary file and a rename, so a
+    reader never sees half a row and concurrent writers never lose one."""
+    with locked(csv_path):
+        rows = read_rows(csv_path)
+        if any(r["run_dir"] == row["run_dir"] for r in rows):
+            return False
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows + [row])
+        write_text(csv_path, buffer.getvalue())
+        return True
+
+
+def read_rows(csv_path: str) -> list[dict]:
+    """The rows of a `results.csv` (empty if there is none)."""
+    if not os.path.exists(csv_path):
+        return []
+    with open(csv_path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class Sweep:
+    """Runs the cells of a grid in subprocesses, `jobs` at a time."""
+
+    def __init__(self, output_dir, gin_files, gin_bindings, grid, jobs):
+        self.output_dir = output_dir
+        self.gin_files = [os.path.abspath(f) for f in gin_files]
+        self.gin_bindings = list(gin_bindings)
+        self.grid = grid
+        self.jobs = jobs
+        self.csv_path = os.path.join(output_dir, "results.csv")
+        self.shared_dir = os.path.join(os.path.abspath(output_dir), "_shared")
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.stopping = False
+        self.done = 0
+        self.failed: list[str] = []
+        self.durations: list[float] = []
+        self.started = time.time()
+
+    def run(self) -> int:
+        os.makedirs(os.path.join(self.output_dir, "runs"), exist_ok=True)
+        os.makedirs(os.path.join(self.output_dir, "logs"), exist_ok=True)
+        todo = []
+        for cell in self.grid:
+            relative = os.path.join("runs", cell_name(cell))
+            results = read_results(os.path.join(self.output_dir, relative))
+            if results is not None:
+                append_row(self.csv_path, result_row(results, relative))  # after a kill
+                self.done += 1
+            else:
+                todo.append((cell, relative))
+        logging.info(
+            "%d cells, %d finished already, %d to run", len(self.grid), self.done, len(todo)
+        )
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for _ in pool.map(lambda item: self._run_cell(*item), todo):
+                pass
+        return 0 if not self.failed and not self.stopping else 1
+
+    def stop(self, signum, frame) -> None:
+        """Stops the sweep: running cells write a checkpoint (SIGTERM) and end."""
+        self.stopping = True
+        with self.lock:
+            for process in self.processes:
+                process.send_signal(signal.SIGTERM)
+
+    def _run_cell(self, cell: dict, relative: str) -> None:
+        if self.stopping:
+            return
+        run_dir = os.path.join(self.output_dir, relative)
+        log_path = os.path.join(self.output_dir, "logs", cell_name(cell) + ".log")
+        command = [sys.executable, "-m", "tfprune.train", f"--output_dir={run_dir}"]
+        command += [f"--gin_file={f}" for f in self.gin_files]
+        command += [f"--gin_bindings={b}" for b in self.gin_bindings]
+        command += [f"--gin_bindings={b}" for b in cell_bindings(cell, self.shared_dir)]
+        started = time.time()
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            with self.lock:
+                self.processes.add(process)
+            code = process.wait()
+            with self.lock:
+                self.processes.discard(process)
+        results = read_results(run_dir)
+        with self.lock:
+            if code == 0 and results is not None:
+                append_row(self.csv_path, result_row(results, relative))
+                self.done += 1
+                self.durations.append(time.time() - started)
+                status = f"test_accuracy={results['test_accuracy']:.4f}"
+            elif not self.stopping:
+                self.failed.append(relative)
+                status = f"FAILED (exit {code}; see {log_path})"
+            else:
+                status = "stopped"
+            logging.info(
+                "[%d/%d] %s %s; %s", self.done, len(self.grid), cell_name(cell), status, self._eta()
+            )
+
+    def _eta(self) -> str:
+        remaining = len(self.grid) - self.done - len(self.failed)
+        if not self.durations or remaining <= 0:
+            return "ETA --"
+        seconds = sum(self.durations) / len(self.durations) * remaining / self.jobs
+        return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+
+def main(argv):
+    if len(argv) > 1:
+        fail("tfprune.sweep", f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        if not OUTPUT_DIR.value:
+            raise ConfigError("--output_dir is required")
+        for path in GIN_FILES.value:
+            if not os.path.isfile(path):
+                raise ConfigError(f"gin file {path!r} does not exist")
+        if JOBS.value < 1:
+            raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
+        methods = parse_methods(METHODS.value)
+        grid, skipped = cells(
+            methods,
+            parse_densities(DENSITIES.value),
+            parse_ablation_sets(ABLATION_SETS.value),
+            parse_seeds(SEEDS.value),
+        )
+        index, count = parse_shard(SHARD.value)
+        for reason in skipped:
+            logging.info("skipped: %s", reason)
+        shard = grid[index::count]
+        if not shard:
+            raise ConfigError("the grid has no cell to run in this shard")
+        try:
+            os.makedirs(OUTPUT_DIR.value, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create {OUTPUT_DIR.value}: {error}") from None
+        sweep = Sweep(OUTPUT_DIR.value, GIN_FILES.value, GIN_BINDINGS.value, shard, JOBS.value)
+    except TfpruneError as error:
+        fail("tfprune.sweep", str(error))
+    signal.signal(signal.SIGTERM, sweep.stop)
+    signal.signal(signal.SIGINT, sweep.stop)
+    code = sweep.run()
+    took = time.time() - sweep.started
+    print(
+        f"{sweep.done}/{len(shard)} cells done, {len(sweep.failed)} failed, "
+        f"{math.floor(took)}s; results in {sweep.csv_path}"
+    )
+    for relative in sweep.failed:
+        print(f"failed: {relative} (re-run the same command to retry)")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    app.run(main)
