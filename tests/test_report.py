@@ -1,0 +1,393 @@
+"""The sweep report: loading results.csv, aggregation, figures, summary tables, the command."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from tfprune import report
+from tfprune.errors import ConfigError, DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAYERS = ("fc1/kernel", "fc2/kernel", "fc/kernel")
+DENSITIES = (0.8**3, 0.8**6, 0.8**9)
+SEEDS = (0, 1, 2)
+# (method, ablations) pruned at initialization, each at every density in DENSITIES.
+PRUNED = [
+    ("random", "none"),
+    ("magnitude", "none"),
+    ("snip", "none"),
+    ("snip", "shuffle"),
+    ("snip", "reinit"),
+    ("snip", "invert"),
+    ("grasp", "none"),
+    ("grasp", "shuffle+reinit"),
+    ("synflow", "none"),
+    ("ratio_of:snip", "none"),
+]
+OFFSET = {"random": -0.10, "magnitude": -0.04, "snip": -0.03, "grasp": -0.05, "synflow": -0.02}
+
+
+def _accuracy(method, ablations, density, seed):
+    """Deterministic accuracies: 0.01 apart per seed, lower at lower density."""
+    base = 0.85 + OFFSET.get(method, -0.03) + 0.05 * np.log10(density)
+    if ablations != "none":
+        base -= 0.01
+    return round(base + 0.01 * seed, 6)
+
+
+def _layer_density(method, density, seed):
+    if method == "synflow" and density == DENSITIES[-1] and seed == 0:
+        return {"fc1/kernel": density * 0.5, "fc2/kernel": 0.0, "fc/kernel": 1.0}
+    return {"fc1/kernel": density * 0.9, "fc2/kernel": density * 1.5, "fc/kernel": 0.8}
+
+
+def _write_run(sweep, row, layer_density):
+    run_dir = sweep / row["run_dir"]
+    run_dir.mkdir(parents=True)
+    collapsed = [path for path, d in layer_density.items() if d == 0]
+    results = {
+        "method": row["method"],
+        "ablations": [] if row["ablations"] == "none" else row["ablations"].split("+"),
+        "density_target": row["density_target"],
+        "density_actual": row["density_actual"],
+        "layer_density": layer_density,
+        "collapsed_layers": collapsed,
+        "seed": row["seed"],
+        "test_accuracy": row["test_accuracy"],
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def _row(method, ablations, density, seed, **overrides):
+    name = f"{method.replace(':', '_')}-{ablations}-d{density:.4f}-s{seed}"
+    row = {
+        "method": method,
+        "ablations": ablations,
+        "density_target": density,
+        "density_actual": density,
+        "seed": seed,
+        "prune_step": 0,
+        "rewind_step": "",
+        "dataset": "fashion_mnist",
+        "model": "lenet_300_100",
+        "test_accuracy": _accuracy(method, ablations, density, seed),
+        "test_loss": 0.5,
+        "epochs": 2,
+        "wall_seconds": 1.5,
+        "run_dir": f"runs/{name}",
+    }
+    row.update(overrides)
+    return row
+
+
+def _sweep_rows():
+    rows = [
+        _row("dense", "none", 1.0, seed, prune_step="", test_accuracy=0.90 + 0.01 * seed)
+        for seed in SEEDS
+    ]
+    for method, ablations in PRUNED:
+        rows += [_row(method, ablations, d, s) for d in DENSITIES for s in SEEDS]
+    # A lottery ticket rewound to iteration 0 (no at-initialization prune step).
+    rows += [
+        _row("lottery", "none", d, s, prune_step="", rewind_step=0)
+        for d in DENSITIES
+        for s in (0, 1)
+    ]
+    return rows
+
+
+def _write_csv(path, rows, columns=report.COLUMNS):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    sweep = tmp_path_factory.mktemp("sweep")
+    rows = _sweep_rows()
+    for row in rows:
+        density = 1.0 if row["method"] == "dense" else row["density_target"]
+        _write_run(sweep, row, _layer_density(row["method"], density, row["seed"]))
+    _write_csv(sweep / "results.csv", rows)
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def written(sweep):
+    return report.make_report(str(sweep))
+
+
+def test_load_results_converts_numbers_and_keeps_empty_cells_as_none(sweep):
+    rows = report.load_results(str(sweep))
+    assert len(rows) == len(_sweep_rows())
+    dense = rows[0]
+    assert dense["method"] == "dense" and dense["density_target"] == 1.0
+    assert dense["seed"] == 0 and isinstance(dense["seed"], int)
+    assert dense["prune_step"] is None and dense["rewind_step"] is None
+    assert dense["test_accuracy"] == pytest.approx(0.90) and dense["epochs"] == 2
+    lottery = [r for r in rows if r["method"] == "lottery"]
+    assert lottery[0]["rewind_step"] == 0 and lottery[0]["prune_step"] is None
+
+
+def test_aggregate_means_and_population_stds_by_hand(sweep):
+    groups = report.aggregate(report.load_results(str(sweep)))
+    by_key = {(g["method"], g["ablations"], round(g["density_target"], 6)): g for g in groups}
+    dense = by_key[("dense", "none", 1.0)]
+    assert dense["n"] == 3 and dense["seeds"] == [0, 1, 2]
+    assert dense["test_accuracy_mean"] == pytest.approx(0.91)
+    # Accuracies a, a + 0.01, a + 0.02: population std = 0.01 * sqrt(2/3).
+    assert dense["test_accuracy_std"] == pytest.approx(0.01 * np.sqrt(2 / 3))
+    snip = by_key[("snip", "shuffle", round(0.8**3, 6))]
+    expected = 0.85 - 0.03 + 0.05 * np.log10(0.512) - 0.01 + 0.01
+    assert snip["test_accuracy_mean"] == pytest.approx(expected, abs=1e-6)
+    assert snip["n"] == 3 and snip["test_loss_std"] == 0.0
+    lottery = by_key[("lottery", "none", round(0.8**6, 6))]
+    assert lottery["n"] == 2 and lottery["test_accuracy_std"] == pytest.approx(0.005, abs=1e-6)
+    assert lottery["rewind_step"] == 0
+    assert len(groups) == 1 + len(PRUNED) * 3 + 3
+    # Sorted by method, then density descending, then ablation.
+    snips = [(g["density_target"], g["ablations"]) for g in groups if g["method"] == "snip"]
+    assert snips[:4] == [(0.512, a) for a in ("none", "shuffle", "reinit", "invert")]
+    assert [g["method"] for g in groups][:2] == ["dense", "random"]
+
+
+def test_aggregate_of_a_single_run_has_std_zero():
+    groups = report.aggregate([_row("snip", "none", 0.5, 3)])
+    assert groups[0]["n"] == 1 and groups[0]["test_accuracy_std"] == 0.0
+
+
+def test_aggregate_joins_densities_that_differ_by_float_noise():
+    rows = [_row("snip", "none", 0.512, 0), _row("snip", "none", 0.8**3, 1)]
+    groups = report.aggregate(rows)
+    assert len(groups) == 1 and groups[0]["n"] == 2 and groups[0]["density_target"] == 0.512
+
+
+def test_format_percent_has_three_significant_digits():
+    assert report.format_percent(1.0) == "100"
+    assert report.format_percent(0.8**3) == "51.2"
+    assert report.format_percent(0.8**12) == "6.87"
+    assert report.format_percent(0.018) == "1.80"
+    assert report.format_percent(0.8**25) == "0.378"
+
+
+def test_make_report_writes_valid_png_and_svg(sweep, written):
+    out = sweep / "report"
+    names = {os.path.basename(p) for p in written}
+    for stem in ("accuracy-fashion_mnist-lenet_300_100", "layers-fashion_mnist-lenet_300_100-snip"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert "layers-fashion_mnist-lenet_300_100-ratio_of-snip.png" in names
+    assert "layers-fashion_mnist-lenet_300_100-lottery-rewind0.png" in names
+    assert {"summary.md", "summary.csv", "layer_densities.csv"} <= names
+    assert all(os.path.isfile(p) for p in written)
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    for path in (p for p in written if p.endswith(".png")):
+        data = open(path, "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    svg = out / "accuracy-fashion_mnist-lenet_300_100.svg"
+    ET.parse(svg)
+    text = svg.read_text()
+    for expected in (report.X_LABEL, report.Y_LABEL, "lenet_300_100 on fashion_mnist"):
+        assert expected in text
+    for method in ("dense", "random", "magnitude", "snip", "grasp", "synflow", "ratio_of:snip"):
+        assert method in text
+
+
+def test_accuracy_figure_has_log_density_axis_panels_and_legend(sweep):
+    groups = report.aggregate(report.load_results(str(sweep)))
+    fig = report.plot_accuracy(groups)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["no ablation", "shuffle", "reinit", "invert", "shuffle+reinit"]
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 3)
+    first = fig.axes[0]
+    assert first.get_xscale() == "log" and first.xaxis_inverted()
+    assert first.get_xlabel() == "Fraction of weights remaining (%)"
+    assert first.get_ylabel() == "Test accuracy (%)"
+    ticks = [t.get_text() for t in first.get_xticklabels()]
+    assert ticks == ["100", "51.2", "26.2", "13.4"]
+    assert fig.get_suptitle() == "lenet_300_100 on fashion_mnist"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    for name in ("dense", "random", "magnitude", "snip", "grasp", "synflow", "ratio_of:snip"):
+        assert name in legend
+    assert "lottery (rewind 0it)" in legend
+    assert "un-ablated (for comparison)" in legend
+    # Bands: one shaded region per drawn series; the dense line is horizontal at 91%.
+    assert len(first.collections) >= 6
+    dense_lines = [line for line in first.get_lines() if line.get_linestyle() == "--"]
+    assert any(np.allclose(line.get_ydata(), 91.0) for line in dense_lines)
+    # In an ablation panel the un-ablated snip curve is drawn faint for comparison.
+    shuffle = fig.axes[1]
+    snip_color = report.method_color("snip")
+    faint = [ln for ln in shuffle.get_lines() if ln.get_color() == snip_color and ln.get_alpha()]
+    assert faint and all(ln.get_linestyle() == "--" for ln in faint)
+
+
+def test_method_colours_are_fixed():
+    assert report.method_color("snip") == report.method_color("snip") == "#ff7f0e"
+    assert report.method_color("random") == "#7f7f7f"
+    assert report.method_color("ratio_of:snip") not in report.METHOD_COLORS.values()
+    assert report.method_color("something_new") == report.method_color("something_new")
+
+
+def test_layer_density_figure_marks_collapsed_layers():
+    densities = {
+        0.5: {"net/fc1/kernel": 0.4, "net/fc2/kernel": 0.7, "net/fc/kernel": 1.0},
+        0.1: {"net/fc1/kernel": 0.05, "net/fc2/kernel": 0.0, "net/fc/kernel": 0.9},
+    }
+    fig = report.plot_layer_densities(densities, method="synflow")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2", "fc"]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["50.0%", "10.0%", "layer collapsed (0 kept)"]
+    with pytest.raises(DataError):
+        report.plot_layer_densities({}, method="snip")
+
+
+def test_summary_markdown_rows_and_pivot(sweep, written):
+    text = (sweep / "report" / "summary.md").read_text()
+    assert "## lenet_300_100 on fashion_mnist" in text
+    assert "| dense | none | 100 | 100 | 91.00 ± 0.82 | 3 |" in text
+    # snip, density 51.2%: 0.85 - 0.03 + 0.05 log10(0.512) = 0.805466...; seeds +0, +1, +2 %.
+    assert "| snip | none | 51.2 | 51.2 | 81.55 ± 0.82 | 3 |" in text
+    assert "| snip | shuffle | 51.2 | 51.2 | 80.55 ± 0.82 | 3 |" in text
+    assert "| lottery (rewind 0it) | none | 26.2 | 26.2 | 79.59 ± 0.50 | 2 |" in text
+    full = [line for line in text.splitlines() if line.startswith("| snip |") and "±" in line]
+    densities = [line.split(" | ")[2] for line in full]
+    assert densities == ["51.2"] * 4 + ["26.2"] * 4 + ["13.4"] * 4
+    assert full[1].startswith("| snip | shuffle | 51.2")
+    # Pivot: one row per method and ablation, one column per density.
+    assert "| method | ablation | 100 | 51.2 | 26.2 | 13.4 |" in text
+    assert "| snip | none | – | 81.55 | 80.09 | 78.64 |" in text
+    assert "![accuracy against density](accuracy-fashion_mnist-lenet_300_100.png)" in text
+    assert "[svg](layers-fashion_mnist-lenet_300_100-snip.svg)" in text
+    assert "runs/synflow-none-d0.1342-s0" in text and "`fc2/kernel`" in text
+
+
+def test_summary_csv_holds_the_aggregated_fractions(sweep, written):
+    with open(sweep / "report" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(report.aggregate(report.load_results(str(sweep))))
+    dense = rows[0]
+    assert dense["method"] == "dense" and dense["n"] == "3" and dense["seeds"] == "0 1 2"
+    assert float(dense["test_accuracy_mean"]) == pytest.approx(0.91)
+    assert dense["prune_step"] == ""
+    with open(sweep / "report" / "layer_densities.csv") as f:
+        layers = list(csv.DictReader(f))
+    assert len(layers) == 3 * len(_sweep_rows())
+    assert [r["layer"] for r in layers[:3]] == list(LAYERS)
+
+
+def test_one_figure_per_dataset_model_and_prune_step(tmp_path):
+    rows = [_row("dense", "none", 1.0, 0, prune_step="")]
+    rows += [_row("snip", "none", d, 0, prune_step=step) for d in DENSITIES for step in (0, 100)]
+    rows += [_row("snip", "none", 0.5, 0, dataset="mnist", run_dir="runs/m")]
+    for row in rows:
+        row["run_dir"] += f"-{row['prune_step']}-{row['dataset']}"
+        _write_run(tmp_path, row, _layer_density("snip", row["density_target"], 0))
+    _write_csv(tmp_path / "results.csv", rows)
+    written = report.make_report(str(tmp_path), str(tmp_path / "out"), formats="png")
+    names = sorted(os.path.basename(p) for p in written if "accuracy-" in p)
+    assert names == [
+        "accuracy-fashion_mnist-lenet_300_100-step0.png",
+        "accuracy-fashion_mnist-lenet_300_100-step100.png",
+        "accuracy-mnist-lenet_300_100.png",
+    ]
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "## lenet_300_100 on fashion_mnist (pruned at iteration 100)" in text
+    # The dense reference appears in both prune-step sections.
+    assert text.count("| dense | none | 100 | 100 |") == 2
+    groups = report.aggregate(report.load_results(str(tmp_path)))
+    with pytest.raises(DataError, match="several"):
+        report.plot_accuracy(groups)
+    sets = report.figure_groups(
+        [g for g in groups if g["dataset"] == "mnist" or g["prune_step"] != 0]
+    )
+    assert [(s["dataset"], s["prune_step"], s["suffix"]) for s in sets] == [
+        ("fashion_mnist", 100, ""),
+        ("mnist", None, ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "is empty"),
+        (",".join(report.COLUMNS) + "\n", "no runs"),
+        ("method,seed\nsnip,0\n", "lacks the column"),
+        (",".join(report.COLUMNS) + "\nsnip,none,0.5,0.5,zero,0,,d,m,0.8,0.5,2,1.0,r\n", "'seed'"),
+        (",".join(report.COLUMNS) + "\nsnip,none,half,0.5,0,0,,d,m,0.8,0.5,2,1.0,r\n", "number"),
+        (",".join(report.COLUMNS) + "\nsnip,none,0.5\n", "3 fields"),
+        (",".join(report.COLUMNS) + "\nsnip,none,0,0,0,0,,d,m,0.8,0.5,2,1.0,r\n", r"\(0, 1\]"),
+    ],
+)
+def test_bad_results_csv_raises_data_error(tmp_path, content, fragment):
+    (tmp_path / "results.csv").write_text(content)
+    with pytest.raises(DataError, match=fragment) as info:
+        report.load_results(str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_directory_or_csv_and_unknown_format(tmp_path, sweep):
+    with pytest.raises(DataError, match="does not exist"):
+        report.load_results(str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="results.csv"):
+        report.make_report(str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown figure format 'gif'"):
+        report.make_report(str(sweep), formats=("png", "gif"))
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["{missing}"], "does not exist"),
+        (["{empty}"], "is empty"),
+        (["{sweep}", "--formats=png,gif"], "unknown figure format 'gif'"),
+        (["{sweep}", "--colour=red"], "unrecognized arguments"),
+    ],
+)
+def test_command_errors_are_one_line(tmp_path, sweep, capsys, args, fragment):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.csv").write_text("")
+    paths = {"missing": tmp_path / "nowhere", "empty": tmp_path / "empty", "sweep": sweep}
+    with pytest.raises(SystemExit) as info:
+        report.main([a.format(**paths) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tfprune.report: error: ") and fragment in err
+
+
+def test_command_writes_the_report(tmp_path, capsys):
+    rows = [_row("dense", "none", 1.0, 0, prune_step="")]
+    rows += [_row("snip", "none", d, 0) for d in DENSITIES[:2]]
+    for row in rows:
+        _write_run(tmp_path, row, _layer_density("snip", row["density_target"], 0))
+    _write_csv(tmp_path / "results.csv", rows)
+    out = tmp_path / "out"
+    report.main([str(tmp_path), f"--output_dir={out}", "--formats=svg"])
+    assert "summary.md" in capsys.readouterr().out
+    assert (out / "summary.md").is_file()
+    assert (out / "accuracy-fashion_mnist-lenet_300_100.svg").is_file()
+    assert not list(out.glob("*.png"))
+
+
+def test_command_line_fails_in_one_line_without_traceback(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfprune.report", str(tmp_path / "nowhere")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("tfprune.report: error: ") and "does not exist" in last
