@@ -270,3 +270,40 @@ def test_synflow_shuffled_keeps_the_layer_densities_of_synflow(tmp_path):
         np.load(os.path.join(shuffled, "masks.npz")) as b,
     ):
         assert any(not np.array_equal(a[k], b[k]) for k in a.files)
+
+
+ALL_GIN_FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "**", "*.gin"), recursive=True))
+
+
+@pytest.mark.parametrize("gin_file", ALL_GIN_FILES, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_shipped_gin_file_parses_into_valid_settings(gin_file):
+    import gin
+
+    from tfprune import train
+    from tfprune.cli import parse_gin
+
+    gin.clear_config()
+    try:
+        parse_gin([gin_file], [])
+        train.experiment_configurable().validate()
+        train.training_configurable().validate()
+    finally:
+        gin.clear_config()
+
+
+def test_short_resnet20_experiment_runs_one_step(tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = _train(
+        "--gin_file=gin_configs/snip.gin",
+        "--gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin",
+        "--gin_bindings=training.steps = 1",
+        *TINY,
+        f"--output_dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = _results(run_dir)
+    assert results["model"] == "resnet20" and results["method"] == "snip"
+    assert results["config"]["training"]["momentum"] == 0.9
+    # One input channel: the first conv has 3*3*1*16 weights instead of CIFAR's 3*3*3*16.
+    total = 270_896 - 3 * 3 * 2 * 16
+    assert results["density_actual"] == pytest.approx(round(0.05 * total) / total, rel=1e-12)
