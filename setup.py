@@ -31,6 +31,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "ruff"],
         "plot": ["matplotlib"],
+        "tfmot": ["tensorflow-model-optimization", "tf_keras"],
     },
     license="Apache-2.0",
 )

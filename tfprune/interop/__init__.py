@@ -1,0 +1,1 @@
+"""Optional bridges to other pruning libraries; import the submodules explicitly."""
