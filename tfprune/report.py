@@ -59,25 +59,10 @@ from tfprune._io import atomic_path, write_text
 from tfprune.cli import fail
 from tfprune.errors import ConfigError, DataError, OutputError, TfpruneError
 from tfprune.pruning import ABLATIONS
+from tfprune.runner import RESULT_COLUMNS as COLUMNS
 
 PROGRAM = "tfprune.report"
 
-COLUMNS = (
-    "method",
-    "ablations",
-    "density_target",
-    "density_actual",
-    "seed",
-    "prune_step",
-    "rewind_step",
-    "dataset",
-    "model",
-    "test_accuracy",
-    "test_loss",
-    "epochs",
-    "wall_seconds",
-    "run_dir",
-)
 # Columns that every row must fill; the others may be empty (read as None).
 _FLOATS = ("density_target", "density_actual", "test_accuracy", "test_loss", "wall_seconds")
 _INTS = ("seed", "prune_step", "rewind_step", "epochs")

@@ -29,6 +29,23 @@ from tfprune.pruning import get_masks, layer_densities, overall_density, save_ma
 from tfprune.training import TrainConfig, Trainer, TrainState
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+# The columns of a sweep's results.csv, one row per finished run.
+RESULT_COLUMNS = (
+    "method",
+    "ablations",
+    "density_target",
+    "density_actual",
+    "seed",
+    "prune_step",
+    "rewind_step",
+    "dataset",
+    "model",
+    "test_accuracy",
+    "test_loss",
+    "epochs",
+    "wall_seconds",
+    "run_dir",
+)
 # Settings that change how a run is displayed, not what it computes.
 COSMETIC = ("progress", "log_every_steps", "keep_checkpoints")
 

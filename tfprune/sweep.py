@@ -44,24 +44,8 @@ from tfprune.cli import fail
 from tfprune.errors import ConfigError, TfpruneError
 from tfprune.pruning import check_ablations, check_method
 from tfprune.pruning.selection import check_density
+from tfprune.runner import RESULT_COLUMNS as COLUMNS
 from tfprune.runner import locked, read_results
-
-COLUMNS = (
-    "method",
-    "ablations",
-    "density_target",
-    "density_actual",
-    "seed",
-    "prune_step",
-    "rewind_step",
-    "dataset",
-    "model",
-    "test_accuracy",
-    "test_loss",
-    "epochs",
-    "wall_seconds",
-    "run_dir",
-)
 
 GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s) of every cell.")
 GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings of every cell.")
