@@ -163,18 +163,21 @@ def _trunk_dir(ctx: RunContext, shared_dir: str) -> str:
 
 
 def _dense(ctx: RunContext, trunk: str, rewind_step: int | None, should_stop) -> str:
-    """The shared dense training, keeping the weights at the rewind step and at the end."""
-    run_dir = os.path.join(trunk, "dense")
-    keep = {ctx.total_steps} | ({rewind_step} if rewind_step is not None else set())
+    """The shared dense training; returns its directory.
+
+    It keeps the weights at iteration 0, at the end and at the rewind step. A run for another
+    rewind step k > 0 is a directory of its own (`dense-k<k>`), so a finished shared run is
+    never replaced while another process may be reading it.
+    """
+    name = "dense" if not rewind_step else f"dense-k{rewind_step}"
+    run_dir = os.path.join(trunk, name)
+    keep = {0, ctx.total_steps} | ({rewind_step} if rewind_step is not None else set())
     with locked(run_dir):
-        missing = [s for s in keep if not os.path.exists(snapshot_path(run_dir, s))]
-        if read_results(run_dir) is not None and not missing:
-            return run_dir
         if read_results(run_dir) is not None:
-            # A later request needs a step this finished run did not keep: train it again.
-            logging.info("the dense run in %s lacks steps %s; training it again", run_dir, missing)
-            shutil.rmtree(run_dir)
-        prepare_output_dir(run_dir, {"shared": "dense", "trunk": trunk}, overwrite=False)
+            return run_dir
+        prepare_output_dir(
+            run_dir, {"shared": "dense", "trunk": trunk, "keep_steps": sorted(keep)}, False
+        )
         model = ctx.build_model()
         trainer = ctx.trainer(model, run_dir, should_stop=should_stop, keep_steps=keep)
         state = trainer.run()

@@ -244,6 +244,11 @@ def run(
         )
         if experiment.method != "magnitude_after_training" and rewind is None:
             rewind = 0
+        if rewind is not None and rewind >= ctx.total_steps:
+            raise ConfigError(
+                f"experiment.rewind_step {experiment.rewind_step!r} is at or after the end of "
+                f"training ({ctx.total_steps} iterations)"
+            )
         fields.update({"prune_step": ctx.total_steps, "rewind_step": rewind, "rounds": 1})
         return after_training.run(
             ctx,
