@@ -1,7 +1,7 @@
 """Benchmarks of tfprune, printed as tables of ratios against a baseline measured in the same run.
 
     python scripts/benchmark.py [--models=lenet_300_100,resnet20] [--repeats=5]
-        [--sections=scorers,export] [--threads=1]
+        [--sections=scorers,export,train] [--threads=1]
 
 Scorers: each scorer's time on the pruning batch (10 examples per class, as SPEC §2 draws it)
 as a multiple of one training step of the same network on the same batch, both measured warm
@@ -14,11 +14,22 @@ the same network unpruned, on CPU, at batch 1 and 32: TFLite (float32) with the 
 (`BUILTIN_WITHOUT_DEFAULT_DELEGATES`), each without and with
 `tf.lite.Optimize.EXPERIMENTAL_SPARSITY`, and the SavedModel run by TensorFlow. The median
 time of one call over `--repeats` measurements (each averaging enough calls to last ~50 ms).
+
+Train: images/s of the compiled training step (the `Trainer`'s, batch 128, SGD with momentum
+0.9 and weight decay 1e-4, one fixed batch) for the masked network at density 0.05 and for its
+stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), the fastest of
+`--repeats` measurements alternating between the two (on a shared machine other processes
+only ever add time); the input pipeline alone (`tfprune.data.train_dataset` iterated
+without training: Fashion-MNIST, and for ResNet-20 the CIFAR-10 augmentation on synthetic
+in-memory images); the fastest of three epochs of `Trainer.run` end to end; and memory,
+each variant in a fresh process: resident memory added by building the network, and the peak
+added by 30 training steps (Linux `VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -59,20 +70,27 @@ def _timed(fn, repeats):
     return cold, statistics.median(warm)
 
 
+def _step_runner(model, x, y, steps=1, weight_decay=0.0):
+    """A function running `steps` iterations of the `Trainer`'s compiled step on (x, y)."""
+    dataset = tf.data.Dataset.from_tensors((tf.constant(x), tf.constant(y)))
+    trainer = Trainer(
+        model,
+        TrainConfig(epochs=1, batch_size=len(x), momentum=0.9, weight_decay=weight_decay,
+                    progress=False),
+        lambda epoch, skip: dataset, lambda: dataset, 1, tempfile.mkdtemp(),
+    )
+    count = tf.constant(steps, tf.int32)
+
+    def run():
+        iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset.repeat(steps)))
+        trainer._train_steps(iterator, count)
+        trainer._sums["count"].numpy()  # waits for the steps to finish
+
+    return run
+
+
 def _train_step_seconds(model, x, y, repeats):
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(x))
-    with tempfile.TemporaryDirectory() as directory:
-        trainer = Trainer(
-            model, TrainConfig(epochs=1, batch_size=len(x), momentum=0.9, progress=False),
-            lambda epoch, skip: dataset, lambda: dataset, 1, directory,
-        )
-        xt, yt = tf.constant(x), tf.constant(y)
-
-        def step():
-            trainer._train_step(xt, yt)
-            trainer._sums["count"].numpy()  # wait for the step to finish
-
-        return _timed(step, repeats)[1]
+    return _timed(_step_runner(model, x, y), repeats)[1]
 
 
 def bench_scorers(model_names, repeats):
@@ -113,9 +131,10 @@ EXPORT_DENSITY = 0.05
 EXPORT_BATCHES = (1, 32)
 
 
-def _interleaved_seconds(runners, repeats, budget=0.05):
-    """Median seconds of one call of each runner; measurements alternate between the runners
-    (so that a change of machine load hits all of them alike), each averaging ~`budget` s."""
+def _interleaved_seconds(runners, repeats, budget=0.05, summary=statistics.median):
+    """Median (or `summary`) seconds of one call of each runner; measurements alternate between
+    the runners (so that a change of machine load hits all of them alike), each averaging
+    ~`budget` s."""
     calls = {}
     for key, run in runners.items():
         run()
@@ -129,7 +148,7 @@ def _interleaved_seconds(runners, repeats, budget=0.05):
             for _ in range(calls[key]):
                 run()
             times[key].append((time.perf_counter() - start) / calls[key])
-    return {key: statistics.median(values) for key, values in times.items()}
+    return {key: summary(values) for key, values in times.items()}
 
 
 def _tflite_runner(path, batch, shape, resolver, threads):
@@ -222,7 +241,148 @@ def bench_export(model_names, repeats, threads):
               f"{report['ratio']['file_bytes']:.3f} | {report['ratio']['gzip_bytes']:.3f} |")
 
 
-SECTIONS = ("scorers", "export")
+TRAIN_BATCH = 128
+TRAIN_DENSITY = 0.05
+MEMORY_STEPS = 30
+
+
+def _train_networks(name):
+    """The masked network at TRAIN_DENSITY and its stock-Keras twin, same weights."""
+    shape = SHAPES[name]
+    keras.utils.set_random_seed(0)
+    masked = tfprune.models.build(name, shape, NUM_CLASSES)
+    tfprune.prune(masked, "magnitude", TRAIN_DENSITY)
+    return {"masked": masked, "stock": tfprune.strip(masked)}
+
+
+def _train_batch(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((TRAIN_BATCH, *shape), dtype=np.float32)
+    return x, rng.integers(0, NUM_CLASSES, TRAIN_BATCH).astype(np.int32)
+
+
+def _status_mib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    raise KeyError(key)
+
+
+def _memory_child(name, variant, queue):
+    """In a fresh process: resident memory added by building `variant`, and the peak resident
+    memory during training above the level after building (Linux: VmRSS, and VmHWM reset
+    through /proc/self/clear_refs; the import of TensorFlow peaks above both otherwise)."""
+    x, y = _train_batch(SHAPES[name])
+    start = _status_mib("VmRSS")
+    model = _train_networks(name)[variant]
+    built = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current resident size
+    _step_runner(model, x, y, steps=MEMORY_STEPS, weight_decay=1e-4)()
+    queue.put((built - start, _status_mib("VmHWM") - built))
+
+
+def _memory(name, variant):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_memory_child, args=(name, variant, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def _pipeline_images_per_second(name, batches):
+    """Images/s of the training input pipeline iterated alone (no training)."""
+    if name == "lenet_300_100":
+        dataset = tfprune.data.train_dataset("fashion_mnist", TRAIN_BATCH, seed=0, epoch=0)
+        label = "fashion_mnist"
+    else:
+        # CIFAR-10's preprocessing (normalisation, pad-4 crop, flip per example) on synthetic
+        # in-memory images, so that the benchmark needs no download.
+        from tfprune import data as data_lib
+
+        rng = np.random.default_rng(0)
+        n = TRAIN_BATCH * batches
+        split = data_lib._Split(
+            tf.constant(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
+            rng.integers(0, NUM_CLASSES, n).astype(np.int32),
+        )
+        prep = data_lib._Preprocess(data_lib._RECIPES["cifar10"], "cifar10", None)
+        dataset = data_lib._in_memory_examples(
+            split, rng.permutation(n), TRAIN_BATCH, 0, prep, augment_key=1
+        )
+        label = "cifar10 recipe, synthetic"
+    dataset = dataset.take(batches)
+    for _ in dataset.take(2):
+        pass
+    start = time.perf_counter()
+    seen = sum(int(y.shape[0]) for _, y in dataset)
+    return label, seen / (time.perf_counter() - start)
+
+
+def _trainer_epoch_images_per_second(name, steps):
+    """One epoch of `Trainer.run` on Fashion-MNIST (LeNet) end to end: data, compiled steps,
+    metric reads, a 128-example evaluation and a checkpoint."""
+    from tfprune.runner import RunContext
+
+    config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, progress=False)
+    ctx = RunContext("fashion_mnist", name, 0, config, tf.distribute.get_strategy(),
+                     train_limit=TRAIN_BATCH * steps, test_limit=TRAIN_BATCH)
+    model = ctx.build_model()
+    tfprune.prune(model, "magnitude", TRAIN_DENSITY)
+    times = []
+    with tempfile.TemporaryDirectory() as directory:
+        ctx.trainer(model, os.path.join(directory, "warm")).run()  # traces the functions
+        for i in range(3):
+            trainer = ctx.trainer(model, os.path.join(directory, f"timed{i}"))
+            start = time.perf_counter()
+            trainer.run()
+            times.append(time.perf_counter() - start)
+    return TRAIN_BATCH * steps / min(times)
+
+
+def bench_train(model_names, repeats):
+    print(f"\n## Training step: masked layers against stock Keras layers (batch {TRAIN_BATCH}, "
+          f"density {TRAIN_DENSITY}, CPU, fastest of {repeats} alternating measurements)\n")
+    print("| network | masked (img/s) | stock (img/s) | masked / stock | input pipeline alone "
+          "(img/s) | pipeline / step |")
+    print("|---|---|---|---|---|---|")
+    loops = []
+    for name in model_names:
+        x, y = _train_batch(SHAPES[name])
+        steps = 10 if name == "lenet_300_100" else 2
+        runners = {
+            variant: _step_runner(model, x, y, steps=steps, weight_decay=1e-4)
+            for variant, model in _train_networks(name).items()
+        }
+        # The fastest of the alternating measurements: other processes only ever add time.
+        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        rate = {k: TRAIN_BATCH * steps / v for k, v in seconds.items()}
+        label, pipeline = _pipeline_images_per_second(name, 200)
+        print(f"| {name} | {rate['masked']:,.0f} | {rate['stock']:,.0f} | "
+              f"{rate['masked'] / rate['stock']:.3f} | {pipeline:,.0f} ({label}) | "
+              f"{pipeline / rate['masked']:.1f} |")
+        if name == "lenet_300_100":
+            loops.append((name, rate["masked"], _trainer_epoch_images_per_second(name, 200)))
+    if loops:
+        print("\n## One epoch of Trainer.run against the compiled step alone\n")
+        print("| network | compiled step (img/s) | Trainer.run epoch (img/s) | run / step |")
+        print("|---|---|---|---|")
+        for name, step, loop in loops:
+            print(f"| {name} | {step:,.0f} | {loop:,.0f} | {loop / step:.2f} |")
+    print(f"\n## Training memory (MiB of resident memory, each variant in a fresh process, "
+          f"{MEMORY_STEPS} steps)\n")
+    print("| network | variant | building the network | peak added by training |")
+    print("|---|---|---|---|")
+    for name in model_names:
+        for variant in ("masked", "stock"):
+            built, trained = _memory(name, variant)
+            print(f"| {name} | {variant} | {built:.1f} | {trained:.1f} |")
+
+
+SECTIONS = ("scorers", "export", "train")
 
 
 def main():
@@ -247,6 +407,8 @@ def main():
         bench_scorers(names, args.repeats)
     if "export" in sections:
         bench_export(names, args.repeats, args.threads)
+    if "train" in sections:
+        bench_train(names, args.repeats)
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def test_keras_file_round_trip(tmp_path):
 
     path = str(tmp_path / "model.keras")
     model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
 
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     loaded_weights = prunable_weights(loaded)
@@ -501,7 +501,7 @@ def test_stock_model_snip_fit_save(tmp_path):
 
     path = str(tmp_path / "snip.keras")
     model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
     reloaded = tfprune.get_masks(loaded)
     assert list(reloaded) == list(masks)
     for key, mask in masks.items():

@@ -1,14 +1,39 @@
-"""Helpers shared by the command-line entry points: gin parsing and one-line errors."""
+"""Helpers shared by the command-line entry points: gin parsing and one-line errors.
+
+The gin configurables of the commands are registered here: `experiment`
+(`tfprune.experiment.Experiment`), `training` (`tfprune.training.TrainConfig`) and
+`ablations` (the switches of `gin_configs/ablations/*.gin`).
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
+import re
 import sys
+import tokenize
+from collections.abc import Callable, Sequence
 
 import gin
-from absl import logging
+from absl import flags, logging
 
 from tfprune.errors import ConfigError
+from tfprune.experiment import Experiment
+from tfprune.training import TrainConfig
+
+# Flags of both `tfprune.train` and `tfprune.sweep`, defined once so that both modules can be
+# imported into one process.
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin bindings, applied after the files."
+)
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    None,
+    "tfprune.train: the run directory (default: runs/<dataset>-<model>/<method>-...); "
+    "tfprune.sweep: the sweep directory.",
+)
 
 
 def fail(program: str, message: str) -> None:
@@ -18,11 +43,54 @@ def fail(program: str, message: str) -> None:
     sys.exit(2)
 
 
-def parse_gin(files: list[str], bindings: list[str]) -> None:
+def flags_parser(program: str) -> Callable[[list[str]], list[str]]:
+    """An absl `flags_parser` for `app.run` that reports bad flags with `fail`.
+
+    absl's own parser prints the error with a usage hint and exits with status 1.
+    """
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            # absl words a bad boolean as a tuple: "('Non-boolean argument to boolean flag', 'x')".
+            message = re.sub(
+                r"\('Non-boolean argument to boolean flag', '(.*)'\)$",
+                r"a boolean flag takes true or false, not \1",
+                str(error),
+            )
+            fail(program, message)
+
+    return parse
+
+
+def ablation_switches(shuffle: bool = False, reinit: bool = False, invert: bool = False):
+    """The ablations switched on by `ablations.<name> = True` (gin_configs/ablations/*.gin).
+
+    Switches add up, so several ablation files combine; `experiment.ablations` adds to them.
+    """
+    return [
+        name for name, on in (("shuffle", shuffle), ("reinit", reinit), ("invert", invert)) if on
+    ]
+
+
+ablations_configurable = gin.external_configurable(ablation_switches, "ablations")
+experiment_configurable = gin.external_configurable(Experiment, "experiment")
+training_configurable = gin.external_configurable(TrainConfig, "training")
+# What the commands' gin files may configure, for error messages.
+CONFIGURABLES: dict[str, Callable] = {
+    "experiment": Experiment,
+    "training": TrainConfig,
+    "ablations": ablation_switches,
+}
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parses gin files then bindings; includes resolve next to the including files.
 
     Raises:
-        ConfigError: for a missing file or an invalid binding, with gin's reason in one line.
+        ConfigError: for a missing file or an invalid file or binding, in one line that names
+            the file or binding, the problem and, for an unknown name, the known ones.
     """
     for path in files:
         if not os.path.isfile(path):
@@ -34,9 +102,39 @@ def parse_gin(files: list[str], bindings: list[str]) -> None:
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.FATAL)
     try:
-        gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
-    except (ValueError, SyntaxError, OSError, TypeError, KeyError) as error:
-        reason = " ".join(str(error).split())
-        raise ConfigError(f"invalid gin configuration: {reason}") from error
+        for path in files:
+            _parse_one(gin.parse_config_file, path, f"gin file {path!r}")
+        for binding in bindings:
+            _parse_one(gin.parse_config, binding, f"gin binding {binding!r}")
+        gin.finalize()
     finally:
         logging.set_verbosity(verbosity)
+
+
+def _parse_one(parse: Callable[[str], object], source: str, where: str) -> None:
+    try:
+        parse(source)
+    except (ValueError, SyntaxError, OSError, TypeError, KeyError, tokenize.TokenError) as error:
+        raise ConfigError(f"invalid {where}: {_gin_reason(error)}") from None
+
+
+def _gin_reason(error: BaseException) -> str:
+    if isinstance(error, tokenize.TokenError):
+        return "the text ends inside a bracket or a string: close it"
+    if isinstance(error, SyntaxError):
+        line = f" (line {error.lineno}: {(error.text or '').strip()})" if error.lineno else ""
+        token = re.search(r"Failed to parse token '(.*?)'", error.msg or "")
+        if token:
+            value = token.group(1)
+            return f"cannot read the value {value}{line}; write a string in quotes: '{value}'"
+        return f"{(error.msg or 'syntax error').rstrip('.')}{line}"
+    reason = " ".join(str(error).split())
+    if "No configurable matching" in reason:
+        return f"{reason}; configurables: {', '.join(CONFIGURABLES)}"
+    parameter = re.search(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'", reason)
+    if parameter and parameter.group(1) in CONFIGURABLES:
+        known = list(inspect.signature(CONFIGURABLES[parameter.group(1)]).parameters)
+        close = difflib.get_close_matches(parameter.group(2), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{reason}{hint}; its parameters: {', '.join(known)}"
+    return reason

@@ -267,6 +267,11 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 def _find_idx_files(name: str, data_dir: str | None) -> dict[str, tuple[Path, Path]] | None:
     folders = []
     if data_dir is not None:
+        if not Path(data_dir).is_dir():
+            raise DataError(
+                f"data_dir {data_dir!r} is not a directory: give the folder holding the {name} "
+                "IDX files, or leave data_dir unset to use the installed copy"
+            )
         folders += [Path(data_dir) / name, Path(data_dir)]
     if name in _DEBIAN_IDX_DIRS:
         folders.append(_DEBIAN_IDX_DIRS[name])

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from absl import logging
 
 from tfprune import after_training, models
-from tfprune.errors import ConfigError
+from tfprune.errors import ConfigError, DataError
 from tfprune.pruning import (
     check_ablations,
     check_method,
+    check_options,
     needs_data,
     prune_with_report,
     save_masks,
@@ -36,6 +37,7 @@ from tfprune.runner import (
     STRATEGIES,
     RunContext,
     finish,
+    is_chief,
     make_strategy,
     prepare_output_dir,
     read_results,
@@ -79,7 +81,10 @@ class Experiment:
         augment: Data augmentation of the training set (SPEC §5 per dataset).
         train_limit: Use only the first n training examples (quick checks).
         test_limit: Use only the first n test examples (quick checks).
-        strategy: `"default"`, `"mirrored"` or `"multi_worker_mirrored"`.
+        strategy: `"default"` (one device), `"mirrored"` (every GPU of this machine, the
+            global batch split between them) or `"multi_worker_mirrored"` (several machines,
+            from `TF_CONFIG`; only the chief writes into the run directory, which every worker
+            must see to resume; not for the after-training baselines).
         method_options: Extra options of the method (for example `{"from_logits": True}`).
     """
 
@@ -138,6 +143,9 @@ class Experiment:
             raise ConfigError(
                 f"rewind_step applies to {', '.join(after_training.METHODS)}, not {self.method}"
             )
+        for name in ("prune_step", "rewind_step"):
+            if getattr(self, name) is not None:
+                to_iterations(getattr(self, name), 1, f"experiment.{name}")
         check_scope(self.scope)
         if self.model not in models.names():
             raise ConfigError(
@@ -156,7 +164,16 @@ class Experiment:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise ConfigError(f"experiment.{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.method_options, dict):
-            raise ConfigError("experiment.method_options must be a dict of option: value")
+            raise ConfigError(
+                f"experiment.method_options must be a dict of option: value, got "
+                f"{self.method_options!r}"
+            )
+        if self.method_options and (self.method == DENSE or after):
+            raise ConfigError(
+                f"method {self.method!r} takes no options, got {sorted(self.method_options)}"
+            )
+        if self.method != DENSE and not after:
+            check_options(self.method, self.method_options)
 
 
 def config_dict(experiment: Experiment, training: TrainConfig) -> dict:
@@ -203,26 +220,26 @@ def run(
     Raises:
         ConfigError, DataError, OutputError, TrainingError: for problems a user can fix.
     """
-    experiment.validate()
-    training.validate()
+    _validate(experiment, training)
     output_dir = output_dir or default_output_dir(experiment, training)
     config = config_dict(experiment, training)
-    prepare_output_dir(output_dir, config, overwrite)
+    if experiment.strategy == "multi_worker_mirrored" and experiment.method in (
+        after_training.METHODS
+    ):
+        raise ConfigError(
+            f"{experiment.method} shares runs between experiments, which multi_worker_mirrored "
+            "does not support; use strategy 'mirrored' (several devices of one machine)"
+        )
+    # Created first: multi_worker_mirrored must exist before TensorFlow runs an op.
+    strategy = make_strategy(experiment.strategy)
+    ctx = _context(experiment, training, strategy)
+    _check_fit(experiment, ctx)
+    if is_chief(strategy):
+        prepare_output_dir(output_dir, config, overwrite)
     finished = read_results(output_dir)
     if finished is not None:
         logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
         return finished
-    ctx = RunContext(
-        dataset=experiment.dataset,
-        model=experiment.model,
-        seed=experiment.seed,
-        training=training,
-        strategy=make_strategy(experiment.strategy),
-        data_dir=experiment.data_dir,
-        augment=experiment.augment,
-        train_limit=experiment.train_limit,
-        test_limit=experiment.test_limit,
-    )
     fields = {
         "method": experiment.method,
         "ablations": list(check_ablations(experiment.ablations)),
@@ -244,11 +261,6 @@ def run(
         )
         if experiment.method != "magnitude_after_training" and rewind is None:
             rewind = 0
-        if rewind is not None and rewind >= ctx.total_steps:
-            raise ConfigError(
-                f"experiment.rewind_step {experiment.rewind_step!r} is at or after the end of "
-                f"training ({ctx.total_steps} iterations)"
-            )
         fields.update({"prune_step": ctx.total_steps, "rewind_step": rewind, "rounds": 1})
         return after_training.run(
             ctx,
@@ -266,13 +278,83 @@ def run(
     return _run_at_step(experiment, ctx, output_dir, fields, should_stop)
 
 
+def check(experiment: Experiment, training: TrainConfig) -> None:
+    """Raises the error a run of this configuration would meet before training; writes nothing.
+
+    Checks every setting, that the dataset exists, that the network takes its images, that
+    the step positions lie inside training and that there are enough pruning examples.
+
+    Raises:
+        ConfigError, DataError: as `run` would.
+    """
+    _validate(experiment, training)
+    _check_fit(experiment, _context(experiment, training, make_strategy("default")))
+
+
+def _validate(experiment: Experiment, training: TrainConfig) -> None:
+    experiment.validate()
+    training.validate()
+    # Training positions are read only when training starts: check their form before that.
+    for name in ("steps", "warmup"):
+        if getattr(training, name) is not None:
+            to_iterations(getattr(training, name), 1, f"training.{name}")
+    milestones = training.milestones
+    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, (list, tuple)):
+        raise ConfigError(
+            f"training.milestones must be a list of epochs or positions like '500it', got "
+            f"{milestones!r}"
+        )
+    for milestone in milestones:
+        to_iterations(milestone, 1, "training.milestones")
+
+
+def _context(experiment: Experiment, training: TrainConfig, strategy) -> RunContext:
+    return RunContext(
+        dataset=experiment.dataset,
+        model=experiment.model,
+        seed=experiment.seed,
+        training=training,
+        strategy=strategy,
+        data_dir=experiment.data_dir,
+        augment=experiment.augment,
+        train_limit=experiment.train_limit,
+        test_limit=experiment.test_limit,
+    )
+
+
+def _check_fit(experiment: Experiment, ctx: RunContext) -> None:
+    info = ctx.info
+    try:
+        models.check(experiment.model, info.input_shape, info.num_classes)
+    except ConfigError as error:
+        shape = "x".join(map(str, info.input_shape))
+        raise ConfigError(
+            f"model {experiment.model!r} does not fit dataset {experiment.dataset!r} "
+            f"({shape} images, {info.num_classes} classes): {error}"
+        ) from None
+    if experiment.method == DENSE:
+        return
+    after = experiment.method in after_training.METHODS
+    name = "rewind_step" if after else "prune_step"
+    step = getattr(experiment, name)
+    if step is not None:
+        iteration = to_iterations(step, ctx.steps_per_epoch, f"experiment.{name}")
+        if iteration >= ctx.total_steps:
+            raise ConfigError(
+                f"experiment.{name} {step!r} is at or after the end of training "
+                f"({ctx.total_steps} iterations, {ctx.steps_per_epoch} per epoch)"
+            )
+    wanted = experiment.examples_per_class * info.num_classes
+    if not after and needs_data(experiment.method) and wanted > info.num_train:
+        raise DataError(
+            f"experiment.examples_per_class={experiment.examples_per_class} asks for {wanted} "
+            f"pruning examples, but {experiment.dataset} has only {info.num_train} training "
+            "examples: lower examples_per_class"
+        )
+
+
 def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -> dict:
     prune_step = to_iterations(experiment.prune_step, ctx.steps_per_epoch, "experiment.prune_step")
-    if prune_step >= ctx.total_steps and experiment.method != DENSE:
-        raise ConfigError(
-            f"experiment.prune_step {experiment.prune_step!r} is at or after the end of training "
-            f"({ctx.total_steps} iterations)"
-        )
     model = ctx.build_model()
     trainer = None
 
@@ -284,7 +366,9 @@ def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -
             # Training restarts at step t with the pruned network: fresh momentum buffers.
             trainer.reset_optimizer_slots()
 
-    trainer = ctx.trainer(model, output_dir, on_step=on_step, should_stop=should_stop)
+    trainer = ctx.trainer(
+        model, output_dir, on_step=on_step, should_stop=should_stop, hook_steps={prune_step}
+    )
     state = trainer.run()
     pruning = state.extra.get("pruning", {})
     fields.update(
@@ -295,7 +379,7 @@ def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -
             "scoring_seconds": pruning.get("seconds", 0.0),
         }
     )
-    return finish(model, state, output_dir, fields)
+    return finish(model, state, output_dir, fields, write=ctx.is_chief)
 
 
 def _prune(model, experiment, ctx: RunContext, output_dir, step) -> dict:
@@ -316,6 +400,9 @@ def _prune(model, experiment, ctx: RunContext, output_dir, step) -> dict:
             batch_size=ctx.training.batch_size,
             **experiment.method_options,
         )
+    ctx.sync_model(model)
+    if not ctx.is_chief:
+        return {"step": step, "seconds": report.seconds, "rounds": report.rounds}
     save_masks(os.path.join(output_dir, "masks.npz"), report.masks)
     write_json(
         os.path.join(output_dir, "pruning.json"),

@@ -18,12 +18,13 @@ module would rebind it to the module.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import keras
 from absl import app, flags
 
 from tfprune import deploy  # also registers the masked layers that model.keras holds
-from tfprune.cli import fail
+from tfprune.cli import fail, flags_parser
 from tfprune.errors import TfpruneError
 
 PROGRAM = "tfprune.export"
@@ -50,6 +51,10 @@ def main(argv):
     run_dir, format, sparsity = RUN_DIR.value, FORMAT.value, SPARSITY.value
     if not run_dir:
         fail(PROGRAM, "give the run directory to export with --run_dir")
+    if format not in deploy.FORMATS:
+        fail(PROGRAM, f"unknown format {format!r}; choose one of {', '.join(deploy.FORMATS)}")
+    if sparsity and format != "tflite":
+        fail(PROGRAM, f"--sparsity applies to --format=tflite only, not {format}")
     if not os.path.isdir(run_dir):
         fail(PROGRAM, f"run directory {run_dir} does not exist")
     model_path = os.path.join(run_dir, "model.keras")
@@ -64,14 +69,10 @@ def main(argv):
             f"{run_dir} is not a finished run (no {' or '.join(missing)}): finish it with "
             "python -m tfprune.train first",
         )
-    if format not in deploy.FORMATS:
-        fail(PROGRAM, f"unknown format {format!r}; choose one of {', '.join(deploy.FORMATS)}")
-    if sparsity and format != "tflite":
-        fail(PROGRAM, "--sparsity applies to --format=tflite only")
     output = OUTPUT.value or os.path.join(run_dir, "export", DEFAULT_NAMES[format, sparsity])
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
         fail(PROGRAM, f"cannot load {model_path}: {error}")
     try:
         report = deploy.export(model, output, format, sparsity=sparsity)
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser(PROGRAM))

@@ -26,7 +26,14 @@ from tfprune import models
 from tfprune._io import atomic_path, write_text
 from tfprune.errors import ConfigError, OutputError
 from tfprune.pruning import get_masks, layer_densities, overall_density, save_masks
-from tfprune.training import TrainConfig, Trainer, TrainState
+from tfprune.training import (
+    TrainConfig,
+    Trainer,
+    TrainState,
+    copy_first_replica,
+    enable_determinism,
+    worker_role,
+)
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 # The columns of a sweep's results.csv, one row per finished run.
@@ -46,19 +53,41 @@ RESULT_COLUMNS = (
     "wall_seconds",
     "run_dir",
 )
-# Settings that change how a run is displayed, not what it computes.
-COSMETIC = ("progress", "log_every_steps", "keep_checkpoints")
+# Settings that change how a run is displayed or executed, not what it computes.
+COSMETIC = (
+    "progress",
+    "log_every_steps",
+    "keep_checkpoints",
+    "steps_per_execution",
+    "deterministic",
+)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy named `name` (see `STRATEGIES`)."""
+    """The `tf.distribute` strategy named `name` (see `STRATEGIES`).
+
+    `mirrored` uses every GPU of this machine (the CPU if there is none);
+    `multi_worker_mirrored` reads the cluster and this worker's task from `TF_CONFIG` (one
+    worker on this machine without it) and must be created before TensorFlow runs any op.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(
+                f"cannot start multi_worker_mirrored ({' '.join(str(error).split())[:200]}): "
+                "check TF_CONFIG"
+            ) from error
     raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files (the only worker, or the chief)."""
+    return worker_role(strategy)[0]
 
 
 @dataclasses.dataclass
@@ -80,6 +109,9 @@ class RunContext:
         num_train = min(self.info.num_train, self.train_limit or self.info.num_train)
         self.steps_per_epoch = math.ceil(num_train / self.training.batch_size)
         self.total_steps = self.training.total_steps(self.steps_per_epoch)
+        self.is_chief, self.num_workers = worker_role(self.strategy)
+        if self.training.deterministic:
+            enable_determinism(self.seed)
 
     def build_model(self) -> keras.Model:
         """The network, initialized from the run's seed, created in the strategy's scope."""
@@ -121,8 +153,9 @@ class RunContext:
         should_stop: Callable[[], bool] | None = None,
         start_step: int = 0,
         keep_steps: Sequence[int] = (),
+        hook_steps: Sequence[int] | None = (),
     ) -> Trainer:
-        """A `Trainer` for `model` writing into `output_dir`."""
+        """A `Trainer` for `model` writing into `output_dir` (`on_step` sees `hook_steps`)."""
         return Trainer(
             model,
             self.training,
@@ -135,18 +168,29 @@ class RunContext:
             should_stop=should_stop,
             start_step=start_step,
             keep_steps=keep_steps,
+            hook_steps=hook_steps,
         )
 
+    def sync_model(self, model: keras.Model) -> None:
+        """With several workers, gives every worker the chief's variables: each pruned (and
+        reinitialized) on its own, and scores can differ in the last bits between machines."""
+        if self.num_workers > 1:
+            copy_first_replica(self.strategy, model.variables)
 
-def finish(model: keras.Model, state: TrainState, output_dir: str, fields: dict) -> dict:
+
+def finish(
+    model: keras.Model, state: TrainState, output_dir: str, fields: dict, write: bool = True
+) -> dict:
     """Writes `masks.npz`, `model.keras` and `results.json` of a finished run; returns results.
 
     `fields` holds what describes the run (method, ablations, seed, ...); the metrics, the
-    densities and the history are added here.
+    densities and the history are added here. With `write=False` (a worker that is not the
+    chief) nothing is written.
     """
     masks = get_masks(model)
-    save_masks(os.path.join(output_dir, "masks.npz"), masks)
-    save_model(model, os.path.join(output_dir, "model.keras"))
+    if write:
+        save_masks(os.path.join(output_dir, "masks.npz"), masks)
+        save_model(model, os.path.join(output_dir, "model.keras"))
     final = state.history[-1]
     densities = layer_densities(masks)
     collapsed = [path for path, density in densities.items() if density == 0]
@@ -165,7 +209,8 @@ def finish(model: keras.Model, state: TrainState, output_dir: str, fields: dict)
         "history": state.history,
         "wall_seconds": state.wall_seconds,
     }
-    write_json(os.path.join(output_dir, "results.json"), results)
+    if write:
+        write_json(os.path.join(output_dir, "results.json"), results)
     logging.info(
         "done: test accuracy %.4f at density %.5f in %s",
         results["test_accuracy"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import io
 import itertools
 import math
@@ -40,20 +41,28 @@ from tfprune._io import write_text
 from tfprune.after_training import ABLATIONS as AFTER_ABLATIONS
 from tfprune.after_training import METHODS as AFTER_METHODS
 from tfprune.after_training import lottery_level
-from tfprune.cli import fail
-from tfprune.errors import ConfigError, TfpruneError
+from tfprune.cli import (
+    GIN_BINDINGS,
+    GIN_FILES,
+    OUTPUT_DIR,
+    ablations_configurable,
+    experiment_configurable,
+    fail,
+    flags_parser,
+    parse_gin,
+    training_configurable,
+)
+from tfprune.errors import ConfigError, OutputError, TfpruneError
+from tfprune.experiment import check
 from tfprune.pruning import check_ablations, check_method
 from tfprune.pruning.selection import check_density
 from tfprune.runner import RESULT_COLUMNS as COLUMNS
 from tfprune.runner import locked, read_results
 
-GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s) of every cell.")
-GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings of every cell.")
 METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods (dense included).")
 DENSITIES = flags.DEFINE_string("densities", "1.0", "Densities: 0.1,0.8^5,0.8^5:0.8^20[:k].")
 ABLATION_SETS = flags.DEFINE_string("ablations", "none", "Ablation sets: none,shuffle,a+b,...")
 SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
-OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The sweep directory.")
 JOBS = flags.DEFINE_integer("jobs", 1, "Cells run at the same time.")
 SHARD = flags.DEFINE_string("shard", "0/1", "Run only cells i, i+N, i+2N, ... (i/N).")
 
@@ -332,6 +341,46 @@ class Sweep:
         return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
+def check_cells(gin_files, gin_bindings, grid) -> None:
+    """Raises the error the first failing cell of `grid` would end with, before any runs.
+
+    The gin files and bindings are parsed here as `tfprune.train` parses them; each cell's
+    settings are then checked as `tfprune.experiment.run` checks them.
+    """
+    parse_gin(gin_files, gin_bindings)
+    base = experiment_configurable()
+    switched = set(check_ablations(base.ablations)) | set(ablations_configurable())
+    training = training_configurable()
+    for cell in grid:
+        experiment = dataclasses.replace(
+            base,
+            method=cell["method"],
+            density=cell["density"],
+            ablations=tuple(sorted(switched | set(cell["ablations"]))),
+            seed=cell["seed"],
+        )
+        try:
+            check(experiment, training)
+        except TfpruneError as error:
+            raise type(error)(f"cell {cell_name(cell)}: {error}") from None
+
+
+def prepare_sweep_dir(path: str) -> None:
+    """Creates the sweep directory, or checks that an existing one can be written.
+
+    Raises:
+        OutputError: naming the path and the problem.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"--output_dir {path} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create --output_dir {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"--output_dir {path} is not writable")
+
+
 def main(argv):
     if len(argv) > 1:
         fail("tfprune.sweep", f"unexpected arguments: {' '.join(argv[1:])}")
@@ -343,6 +392,7 @@ def main(argv):
                 raise ConfigError(f"gin file {path!r} does not exist")
         if JOBS.value < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
+        index, count = parse_shard(SHARD.value)
         methods = parse_methods(METHODS.value)
         grid, skipped = cells(
             methods,
@@ -350,16 +400,15 @@ def main(argv):
             parse_ablation_sets(ABLATION_SETS.value),
             parse_seeds(SEEDS.value),
         )
-        index, count = parse_shard(SHARD.value)
         for reason in skipped:
             logging.info("skipped: %s", reason)
         shard = grid[index::count]
         if not shard:
-            raise ConfigError("the grid has no cell to run in this shard")
-        try:
-            os.makedirs(OUTPUT_DIR.value, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"cannot create {OUTPUT_DIR.value}: {error}") from None
+            raise ConfigError(
+                f"--shard={SHARD.value} holds no cell of the grid's {len(grid)}: use fewer shards"
+            )
+        check_cells(GIN_FILES.value, GIN_BINDINGS.value, shard)
+        prepare_sweep_dir(OUTPUT_DIR.value)
         sweep = Sweep(OUTPUT_DIR.value, GIN_FILES.value, GIN_BINDINGS.value, shard, JOBS.value)
     except TfpruneError as error:
         fail("tfprune.sweep", str(error))
@@ -377,4 +426,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("tfprune.sweep"))

@@ -18,35 +18,25 @@ import gin
 from absl import app, flags, logging
 
 from tfprune._io import write_text
-from tfprune.cli import fail, parse_gin
-from tfprune.errors import TfpruneError
-from tfprune.experiment import Experiment, default_output_dir, run
-from tfprune.pruning import ABLATIONS, check_ablations
-from tfprune.training import Interrupted, TrainConfig
-
-FLAGS = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
-BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, applied after the files.")
-OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Run directory (default: runs/<dataset>-<model>/<method>-...)."
+from tfprune.cli import (
+    GIN_BINDINGS,
+    GIN_FILES,
+    OUTPUT_DIR,
+    ablations_configurable,
+    experiment_configurable,
+    fail,
+    flags_parser,
+    parse_gin,
+    training_configurable,
 )
+from tfprune.errors import TfpruneError
+from tfprune.experiment import default_output_dir, run
+from tfprune.pruning import ABLATIONS, check_ablations
+from tfprune.training import Interrupted
+
 OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a run of a different configuration in --output_dir."
 )
-
-
-def ablation_switches(shuffle: bool = False, reinit: bool = False, invert: bool = False):
-    """The ablations switched on by `ablations.<name> = True` (gin_configs/ablations/*.gin).
-
-    Switches add up, so several ablation files combine; `experiment.ablations` adds to them.
-    """
-    return [
-        name for name, on in (("shuffle", shuffle), ("reinit", reinit), ("invert", invert)) if on
-    ]
-
-
-ablations_configurable = gin.external_configurable(ablation_switches, "ablations")
-experiment_configurable = gin.external_configurable(Experiment, "experiment")
-training_configurable = gin.external_configurable(TrainConfig, "training")
 
 
 class _StopRequest:
@@ -71,7 +61,7 @@ def main(argv):
     if len(argv) > 1:
         fail("tfprune.train", f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        parse_gin(FLAGS.value, BINDINGS.value)
+        parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
         experiment = experiment_configurable()
         switched = set(check_ablations(experiment.ablations)) | set(ablations_configurable())
         experiment.ablations = tuple(a for a in ABLATIONS if a in switched)
@@ -92,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("tfprune.train"))

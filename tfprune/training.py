@@ -157,6 +157,12 @@ class TrainConfig:
         keep_checkpoints: How many of the newest checkpoints to keep.
         log_every_steps: How often the progress display and TensorBoard get the train metrics.
         progress: Show a progress bar.
+        steps_per_execution: Iterations run by one call of the compiled training function
+            (fewer Python round trips). Stop requests are noticed between calls.
+        deterministic: Make TensorFlow's ops deterministic for the whole process
+            (`tf.config.experimental.enable_op_determinism`). With the seeds an experiment
+            sets, a run repeated, or killed and resumed, then gives the same numbers bit for
+            bit on the same machine and software.
     """
 
     epochs: int = 10
@@ -171,10 +177,12 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every_steps: int = 50
     progress: bool = True
+    steps_per_execution: int = 10
+    deterministic: bool = False
 
     def validate(self) -> None:
         """Raises ConfigError for a value that cannot be trained with."""
-        for name in ("batch_size", "keep_checkpoints", "log_every_steps"):
+        for name in ("batch_size", "keep_checkpoints", "log_every_steps", "steps_per_execution"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
@@ -186,6 +194,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"training.{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(
+                f"training.deterministic must be True or False, got {self.deterministic!r}"
+            )
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """The training length in iterations."""
@@ -217,6 +229,58 @@ class TrainState:
     history: list = dataclasses.field(default_factory=list)
     wall_seconds: float = 0.0
     extra: dict = dataclasses.field(default_factory=dict)
+    # The running train metrics of the current epoch (a checkpoint written mid-epoch).
+    sums: dict = dataclasses.field(default_factory=dict)
+
+
+def enable_determinism(seed: int | None = None) -> None:
+    """Makes TensorFlow's ops deterministic and, given a seed, seeds Python, NumPy and TF.
+
+    `tf.config.experimental.enable_op_determinism` holds for the whole process; ops without a
+    deterministic implementation then raise instead of running.
+    """
+    tf.config.experimental.enable_op_determinism()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """`(is_chief, number of workers)` of this process in `strategy`'s cluster.
+
+    The chief is the task of type "chief" if the cluster has one, else worker 0 (as in
+    `TF_CONFIG`); a strategy without a cluster runs on one worker, the chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True, 1
+    jobs = resolver.cluster_spec().as_dict()
+    workers = sum(len(resolver.cluster_spec().task_indices(job)) for job in jobs)
+    task_type, task_id = resolver.task_type, resolver.task_id
+    chief = task_type in (None, "chief") or (
+        task_type == "worker" and task_id == 0 and "chief" not in jobs
+    )
+    return chief, workers
+
+
+def copy_first_replica(strategy: tf.distribute.Strategy, variables: Sequence) -> None:
+    """Gives every replica of `variables` the value the first replica holds.
+
+    The replicas of a variable written in cross-replica context hold one value already; with
+    several workers, each computed its own, and the chief's (its first replica's) is kept.
+    """
+    variables = list(variables)
+
+    @tf.function
+    def first_values():
+        context = tf.distribute.get_replica_context()
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        values = [tf.convert_to_tensor(v.value) for v in variables]
+        kept = [tf.where(first, value, tf.zeros_like(value)) for value in values]
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, kept)
+
+    results = strategy.run(first_values)
+    for variable, value in zip(variables, results, strict=True):
+        variable.assign(strategy.experimental_local_results(value)[0])
 
 
 class Trainer:
@@ -229,16 +293,22 @@ class Trainer:
             batches, skipping the first `skip_batches`; its order must depend only on the epoch.
         eval_data: `() -> tf.data.Dataset` of `(x, y)` evaluation batches.
         steps_per_epoch: Iterations in one epoch.
-        output_dir: Where checkpoints and TensorBoard logs go.
+        output_dir: Where checkpoints, snapshots and TensorBoard logs go. With several
+            workers only the chief writes there; every worker resumes from the chief's
+            checkpoints, so `output_dir` must be on a filesystem they all see.
         strategy: The `tf.distribute` strategy (default: the current one).
-        on_step: Called as `on_step(step, state)` before the iteration `step` runs (and once
-            more with the final step); the pruning hook. It may change the model's masks.
-        should_stop: Polled between iterations; when it returns True, a checkpoint is written
-            and `Interrupted` is raised.
+        on_step: Called as `on_step(step, state)` before the iteration `step` runs, for every
+            step in `hook_steps` (and once more with the final step); the pruning hook. It may
+            change the model's masks.
+        should_stop: Polled between calls of the compiled training function (every
+            `config.steps_per_execution` iterations at most); when it returns True (on any
+            worker: they agree), a checkpoint is written and `Interrupted` is raised.
         start_step: Where a fresh run starts (rewinding: the schedule and the data order
             resume there); ignored when a checkpoint is restored.
         keep_steps: Iterations at which the model's variables are saved for good, as
             `snapshots/step-<n>.npz` (the weights after n iterations; see `load_snapshot`).
+        hook_steps: The iterations `on_step` needs to see; None: every iteration (which runs
+            the iterations one compiled call at a time).
     """
 
     def __init__(
@@ -254,8 +324,11 @@ class Trainer:
         should_stop: Callable[[], bool] | None = None,
         start_step: int = 0,
         keep_steps: Sequence[int] = (),
+        hook_steps: Sequence[int] | None = None,
     ):
         config.validate()
+        if config.deterministic:
+            enable_determinism()
         self.model = model
         self.config = config
         self.train_data = train_data
@@ -273,7 +346,9 @@ class Trainer:
                 f"training cannot start at iteration {start_step}: it lasts {self.total_steps}"
             )
         self.keep_steps = {int(s) for s in keep_steps}
+        self.hook_steps = None if hook_steps is None else {int(s) for s in hook_steps}
         self.snapshot_dir = os.path.join(output_dir, "snapshots")
+        self.is_chief, self.num_workers = worker_role(self.strategy)
         with self.strategy.scope():
             self.schedule = config.schedule(self.steps_per_epoch)
             self.optimizer = SGD(self.schedule, config.momentum, config.weight_decay)
@@ -288,19 +363,27 @@ class Trainer:
                 )
                 for name in ("loss", "correct", "count")
             }
-        self._train_step = self._make_train_step()
+        self._train_steps = self._make_train_steps()
         self._eval_step = self._make_eval_step()
+        self._any_worker = None
 
     def run(self) -> TrainState:
         """Trains to the end, resuming from the newest checkpoint; returns the final state."""
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if self.is_chief:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
         state = self.restore()
+        if self.num_workers > 1:
+            self._check_same_step(0 if state is None else state.step)
         if state is None:
             state = TrainState(step=self.start_step)
             self.optimizer.iterations.assign(self.start_step)
         else:
             logging.info("resuming at iteration %d of %d", state.step, self.total_steps)
-        writer = tf.summary.create_file_writer(os.path.join(self.output_dir, "tensorboard"))
+        writer = (
+            tf.summary.create_file_writer(os.path.join(self.output_dir, "tensorboard"))
+            if self.is_chief
+            else tf.summary.create_noop_writer()
+        )
         started = time.time() - state.wall_seconds
         while state.step < self.total_steps:
             epoch = state.step // self.steps_per_epoch
@@ -308,19 +391,32 @@ class Trainer:
             epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
             epoch_started = time.time()
             self._reset_sums()
+            if skip and state.sums:
+                self._restore_sums(state.sums)
             progress = keras.utils.Progbar(
                 epoch_end - state.step,
                 verbose=1 if self.config.progress else 0,
                 stateful_metrics=["loss", "accuracy", "lr"],
             )
             logging.info("epoch %d: iterations %d to %d", epoch + 1, state.step, epoch_end)
-            dataset = self.strategy.experimental_distribute_dataset(
-                self.train_data(epoch, skip).take(epoch_end - state.step)
+            iterator = iter(
+                self.strategy.experimental_distribute_dataset(
+                    _shard_by_data(self.train_data(epoch, skip).take(epoch_end - state.step))
+                )
             )
-            for done, (x, y) in enumerate(dataset, start=1):
+            done = 0
+            while state.step < epoch_end:
                 self._before_step(state)
-                self._train_step(x, y)
-                state.step += 1
+                count = self._next_call_length(state.step, done, epoch_end)
+                try:
+                    self._train_steps(iterator, tf.constant(count, tf.int32))
+                except tf.errors.OutOfRangeError:
+                    raise TrainingError(
+                        f"the training data ended before iteration {state.step + count}, "
+                        f"expected {epoch_end}"
+                    ) from None
+                state.step += count
+                done += count
                 if done % self.config.log_every_steps == 0 or state.step == epoch_end:
                     train = self._read_sums()
                     self._check_finite(train["loss"], state.step)
@@ -335,14 +431,11 @@ class Trainer:
                     with writer.as_default(step=state.step):
                         tf.summary.scalar("train/loss", train["loss"])
                         tf.summary.scalar("train/lr", self.learning_rate(state.step - 1))
-                if self.should_stop():
+                if state.step < epoch_end and self._stop_requested():
                     state.wall_seconds = time.time() - started
+                    state.sums = self._sum_values()
                     self.save(state)
                     raise Interrupted(state.step)
-            if state.step < epoch_end:
-                raise TrainingError(
-                    f"the training data ended after iteration {state.step}, expected {epoch_end}"
-                )
             train = self._read_sums()
             evaluation = self.evaluate()
             record = {
@@ -370,13 +463,28 @@ class Trainer:
                     tf.summary.scalar(key.replace("_", "/", 1), record[key])
             writer.flush()
             state.wall_seconds = time.time() - started
+            state.sums = {}
             self.save(state)
+            if state.step < self.total_steps and self._stop_requested():
+                raise Interrupted(state.step)
         self._before_step(state)
         return state
 
+    def _next_call_length(self, step: int, done: int, epoch_end: int) -> int:
+        """How many iterations the next compiled call runs from `step`: up to the next log
+        line, hook step, snapshot step or the end of the epoch."""
+        if self.hook_steps is None:
+            return 1
+        log = self.config.log_every_steps
+        ends = [epoch_end, step + self.config.steps_per_execution, step + log - done % log]
+        ends += [s for s in self.hook_steps | self.keep_steps if s > step]
+        return min(ends) - step
+
     def _before_step(self, state: TrainState) -> None:
-        self.on_step(state.step, state)
-        if state.step in self.keep_steps:
+        hooked = self.hook_steps is None or state.step in self.hook_steps
+        if hooked or state.step == self.total_steps:
+            self.on_step(state.step, state)
+        if state.step in self.keep_steps and self.is_chief:
             path = os.path.join(self.snapshot_dir, f"step-{state.step:09d}.npz")
             if not os.path.exists(path):
                 os.makedirs(self.snapshot_dir, exist_ok=True)
@@ -392,13 +500,22 @@ class Trainer:
         return float(self.schedule(step))
 
     def evaluate(self) -> dict[str, float]:
-        """Mean loss and accuracy of the model on the evaluation data."""
+        """Mean loss and accuracy of the model on the evaluation data.
+
+        With several replicas, every replica first takes the first replica's BatchNorm moving
+        statistics: in training each replica normalises its share of the batch and updates
+        its own copy, as PyTorch's DataParallel does, which keeps device 0's.
+        """
+        if self.strategy.num_replicas_in_sync > 1:
+            copy_first_replica(self.strategy, self.model.non_trainable_variables)
         self._reset_sums()
-        for x, y in self.strategy.experimental_distribute_dataset(self.eval_data()):
+        for x, y in self.strategy.experimental_distribute_dataset(
+            _shard_by_data(self.eval_data())
+        ):
             self._eval_step(x, y)
         return self._read_sums()
 
-    def _make_train_step(self):
+    def _make_train_steps(self):
         model, optimizer, sums = self.model, self.optimizer, self._sums
 
         def replica_step(x, y):
@@ -414,11 +531,15 @@ class Trainer:
             optimizer.apply(gradients, model.trainable_variables)
             _accumulate(sums, per_example, logits, y)
 
+        # One trace serves the whole run: the iterator's element spec leaves the batch
+        # dimension open (a short last batch), and `count` is a tensor.
         @tf.function
-        def train_step(x, y):
-            self.strategy.run(replica_step, args=(x, y))
+        def train_steps(iterator, count):
+            for _ in tf.range(count):
+                x, y = next(iterator)
+                self.strategy.run(replica_step, args=(x, y))
 
-        return train_step
+        return train_steps
 
     def _make_eval_step(self):
         model, sums = self.model, self._sums
@@ -438,14 +559,65 @@ class Trainer:
         for variable in self._sums.values():
             variable.assign(0.0)
 
+    def _sum_values(self) -> dict[str, float]:
+        return {name: float(variable.numpy()) for name, variable in self._sums.items()}
+
+    def _restore_sums(self, values: dict[str, float]) -> None:
+        """Gives the first replica the sums of a checkpoint, the others zero."""
+        names = sorted(self._sums)
+
+        @tf.function
+        def assign():
+            first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+            for name in names:
+                value = tf.constant(values.get(name, 0.0), tf.float64)
+                self._sums[name].assign(tf.where(first, value, tf.zeros_like(value)))
+
+        self.strategy.run(assign)
+
     def _read_sums(self) -> dict[str, float]:
-        count = float(self._sums["count"].numpy())
-        if not count:
+        sums = self._sum_values()
+        if not sums["count"]:
             return {"loss": float("nan"), "accuracy": float("nan")}
-        return {
-            "loss": float(self._sums["loss"].numpy()) / count,
-            "accuracy": float(self._sums["correct"].numpy()) / count,
-        }
+        return {"loss": sums["loss"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
+
+    def _stop_requested(self) -> bool:
+        """`should_stop()`, agreed between the workers: any worker asking stops them all."""
+        stop = bool(self.should_stop())
+        if self.num_workers == 1:
+            return stop
+        if self._any_worker is None:
+
+            @tf.function
+            def any_worker(flag):
+                context = tf.distribute.get_replica_context()
+                return context.all_reduce(tf.distribute.ReduceOp.SUM, flag)
+
+            self._any_worker = any_worker
+        total = self.strategy.run(self._any_worker, args=(tf.constant(float(stop)),))
+        return float(self.strategy.experimental_local_results(total)[0]) > 0
+
+    def _check_same_step(self, step: int) -> None:
+        """Raises TrainingError unless every worker restored the same iteration."""
+
+        @tf.function
+        def moments():
+            context = tf.distribute.get_replica_context()
+            value = tf.constant(float(step), tf.float64)
+            return context.all_reduce(
+                tf.distribute.ReduceOp.SUM, [tf.ones_like(value), value, value * value]
+            )
+
+        results = self.strategy.run(moments)
+        n, total, squares = (
+            float(self.strategy.experimental_local_results(r)[0]) for r in results
+        )
+        # Equal values are the only ones with n * sum(s^2) == (sum(s))^2.
+        if n * squares != total * total:
+            raise TrainingError(
+                f"the workers resumed from different iterations (this one from {step}): put "
+                "the output directory on a filesystem every worker sees"
+            )
 
     def _check_finite(self, loss: float, step: int) -> None:
         if not math.isfinite(loss):
@@ -459,8 +631,14 @@ class Trainer:
     def _variables(self):
         return list(self.model.variables) + list(self.optimizer.variables)
 
-    def save(self, state: TrainState) -> str:
-        """Writes a checkpoint of the model, the optimizer and `state`; returns its path."""
+    def save(self, state: TrainState) -> str | None:
+        """Writes a checkpoint of the model, the optimizer and `state`; returns its path.
+
+        Only the chief writes (the other workers hold the same values); elsewhere this
+        returns None.
+        """
+        if not self.is_chief:
+            return None
         variables = self._variables()
         target = os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{state.step:09d}")
         tmp = make_temp_dir(self.checkpoint_dir)
@@ -552,6 +730,14 @@ def checkpoints(checkpoint_dir: str) -> list[str]:
         return []
     names = [n for n in os.listdir(checkpoint_dir) if n.startswith(CHECKPOINT_PREFIX)]
     return [os.path.join(checkpoint_dir, n) for n in sorted(names, reverse=True)]
+
+
+def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Splits each global batch between the workers (every worker reads the same batches),
+    so that a multi-worker run sees the data in the order of a single-worker run."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _accumulate(sums, per_example, logits, labels) -> None:

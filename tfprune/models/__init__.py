@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import keras
 
 from tfprune.errors import ConfigError
+from tfprune.models import _common, vgg_cifar
 from tfprune.models.lenet import lenet_300_100
 from tfprune.models.resnet_cifar import resnet20
 from tfprune.models.resnet_imagenet import resnet18, resnet50
@@ -24,6 +25,8 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
 }
+# The smallest input height and width a network takes (VGG-16: four 2x2 max pools).
+MIN_SIDE: dict[str, int] = {"vgg16": vgg_cifar.MIN_SIDE}
 
 
 def names() -> list[str]:
@@ -61,15 +64,35 @@ def build(name: str, input_shape: Sequence[int], num_classes: int) -> keras.Mode
     >>> model.name
     'resnet20'
     """
-    builder = MODELS.get(name) if isinstance(name, str) else None
-    if builder is None:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
-    return builder(input_shape, num_classes)
+    check(name, input_shape, num_classes)
+    return MODELS[name](input_shape, num_classes)
+
+
+def check(name: str, input_shape: Sequence[int], num_classes: int) -> None:
+    """Raises the error `build` would raise for these arguments, without building anything.
+
+    Raises:
+        ConfigError: if the name is unknown, `input_shape`/`num_classes` are invalid, or the
+            images are smaller than the network takes.
+
+    Example:
+
+    >>> check("vgg16", (32, 32, 3), 10)  # returns None: VGG-16 takes 32x32 images
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(names())}")
+    shape = _common.check_args(input_shape, num_classes)
+    side = MIN_SIDE.get(name, 1)
+    if min(shape[:2]) < side:
+        raise ConfigError(
+            f"{name} needs inputs of at least {side}x{side} pixels, got input_shape {shape}"
+        )
 
 
 __all__ = [
     "MODELS",
     "build",
+    "check",
     "lenet_300_100",
     "names",
     "resnet18",

@@ -11,6 +11,8 @@ from tfprune.models import _common
 
 _POOL = "M"
 _VGG16 = (64, 64, _POOL, 128, 128, _POOL, 256, 256, 256, _POOL, 512, 512, 512, _POOL, 512, 512, 512)
+# The smallest input side: each 2x2 max pool halves it.
+MIN_SIDE = 2 ** _VGG16.count(_POOL)
 
 
 def vgg16(input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10) -> keras.Model:
@@ -37,10 +39,9 @@ def vgg16(input_shape: Sequence[int] = (32, 32, 3), num_classes: int = 10) -> ke
     (None, 10)
     """
     input_shape = _common.check_args(input_shape, num_classes)
-    pools = _VGG16.count(_POOL)
-    if min(input_shape[:2]) < 2**pools:
+    if min(input_shape[:2]) < MIN_SIDE:
         raise ConfigError(
-            f"vgg16 needs inputs of at least {2**pools}x{2**pools} pixels, got input_shape "
+            f"vgg16 needs inputs of at least {MIN_SIDE}x{MIN_SIDE} pixels, got input_shape "
             f"{input_shape}"
         )
     inputs = keras.Input(shape=input_shape, name="input")

@@ -59,6 +59,22 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_options(method: str, options: dict) -> dict:
+    """Returns `options` after checking that `method` takes every one of them.
+
+    Raises:
+        ConfigError: for an unknown method, or an option it does not take (naming the ones it
+            takes).
+    """
+    check_method(method)
+    if method in ("uniform", "erk"):
+        if options:
+            raise ConfigError(f"method {method!r} takes no options, got {sorted(options)}")
+        return options
+    get_scorer(inner_method(method) if is_layerwise(method) else method, **options)
+    return options
+
+
 def needs_data(method: str) -> bool:
     """Whether `method` needs pruning data."""
     check_method(method)
@@ -376,7 +392,18 @@ def _batches_for(scorer, model, data, batch_size):
         raise DataError(
             f"method {scorer.name!r} needs data: pass data=(x, y) or a tf.data.Dataset of batches"
         )
-    return as_batches(data, _num_outputs(model), batch_size)
+    return as_batches(data, _num_outputs(model), batch_size, _input_shape(model))
+
+
+def _input_shape(model) -> tuple | None:
+    """The model's input shape without the batch axis; None when it has several inputs."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):
+        return None
+    if not isinstance(shape, tuple) or not all(d is None or isinstance(d, int) for d in shape):
+        return None
+    return shape[1:]
 
 
 def _num_outputs(model) -> int:

@@ -18,6 +18,7 @@ from tfprune.pruning.scorers import (
     cached_function,
     kernel_positions,
     register_scorer,
+    variable_values,
 )
 
 
@@ -64,8 +65,8 @@ class GraspScorer(Scorer):
 
     def __call__(self, model, weights, batches, rng):
         gradient, hessian_gradient = self._functions(model, weights)
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        trainable = variable_values(model.trainable_variables)
+        non_trainable = variable_values(model.non_trainable_variables)
         total = sum(len(y) for _, y in batches)
         with _exact_batch_moments(model):
             g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]

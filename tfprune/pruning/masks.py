@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -77,5 +78,11 @@ def load_masks(path: str) -> dict[str, np.ndarray]:
     """Reads masks written by `save_masks` as float32 0/1 arrays."""
     if not os.path.exists(path):
         raise DataError(f"no mask file at {path}")
-    with np.load(path) as data:
-        return {key: data[key].astype(np.float32) for key in data.files}
+    try:
+        with np.load(path) as data:
+            return {key: data[key].astype(np.float32) for key in data.files}
+    except (OSError, ValueError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise DataError(
+            f"{path} is not a mask file written by save_masks (an .npz of arrays): {reason}"
+        ) from None

@@ -144,14 +144,23 @@ def kernel_gradients(
         ("kernel_gradients", tuple(weights), from_logits, training),
         lambda: _make_kernel_gradients(model, weights, from_logits, training),
     )
-    trainable_values = [v.value for v in model.trainable_variables]
-    non_trainable_values = [v.value for v in model.non_trainable_variables]
+    trainable_values = variable_values(model.trainable_variables)
+    non_trainable_values = variable_values(model.non_trainable_variables)
     for x, y in batches:
         grads = function(trainable_values, non_trainable_values, x, y)
         yield (
             len(y),
             {path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)},
         )
+
+
+def variable_values(variables) -> list[tf.Tensor]:
+    """The current values of `variables` as tensors, to be differentiated with a tape.
+
+    Under a `tf.distribute` strategy a variable is a distributed container that a tape cannot
+    watch outside a replica; its value (the replicas hold the same one) can be.
+    """
+    return [tf.convert_to_tensor(v.value) for v in variables]
 
 
 def kernel_positions(model: keras.Model, weights: dict[str, PrunableWeight]) -> list[int]:

@@ -1,0 +1,171 @@
+"""Distribution: pruning and training on two replicas give the single-device results.
+
+MirroredStrategy runs on two logical CPU devices, which TensorFlow only sets up before its
+first op, so those checks run in a process of their own (`tests/_mirrored.py`).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "_mirrored.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def _script(*args, timeout=600):
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(args[1]) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory):
+    return _script("checks", str(tmp_path_factory.mktemp("mirrored") / "checks.json"))
+
+
+def _metrics(history):
+    """train loss, train accuracy, test loss, test accuracy of every epoch, in one list."""
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    return [h[k] for h in history for k in keys]
+
+
+def test_two_replicas_give_the_single_device_masks(checks):
+    assert checks["replicas_in_sync"] == 2
+    assert checks["same_masks"] == {
+        "lenet_300_100/magnitude": True,
+        "lenet_300_100/random": True,
+        "lenet_300_100/snip": True,
+        "resnet20/snip": True,
+    }
+
+
+@pytest.mark.parametrize("model", ["lenet_300_100", "resnet20"])
+def test_replicas_stay_identical_and_pruned_weights_stay_zero(checks, model):
+    mirrored = checks[model]["mirrored"]
+    for path, replica in mirrored["replicas"].items():
+        assert replica["copies"] == 2, path
+        assert replica["masks_identical"] and replica["kernels_identical"], path
+        assert replica["mask_unchanged"], path
+        assert replica["pruned_effective_max"] == 0.0, path
+    # BatchNorm moving statistics included: evaluation hands every replica the first one's.
+    assert mirrored["differing_variables"] == []
+
+
+def test_mirrored_training_matches_one_device_with_the_same_global_batch(checks):
+    # No BatchNorm in LeNet: the two replicas' summed gradients are the one device's gradient
+    # up to float32 rounding.
+    one = _metrics(checks["lenet_300_100"]["default"]["history"])
+    two = _metrics(checks["lenet_300_100"]["mirrored"]["history"])
+    assert len(one) == len(two) == 2 * 4
+    assert two == pytest.approx(one, rel=1e-6)
+
+
+def test_mirrored_resnet_differs_only_by_per_replica_batch_statistics(checks):
+    # Each replica normalises its half of the batch with that half's statistics (as
+    # PyTorch's DataParallel does), so the losses differ slightly from one device's.
+    one = _metrics(checks["resnet20"]["default"]["history"])
+    two = _metrics(checks["resnet20"]["mirrored"]["history"])
+    assert len(one) == len(two) == 4
+    assert (two[0], two[2]) == pytest.approx((one[0], one[2]), rel=1e-2)
+
+
+@pytest.mark.slow
+def test_mirrored_checkpoint_resumes_in_a_new_process(checks, tmp_path):
+    """Slow: two more processes on two devices (25-45 s on a loaded two-core machine)."""
+    run_dir = str(tmp_path / "run")
+    stopped = _script("run", str(tmp_path / "first.json"), run_dir, "1")
+    assert stopped == {"interrupted_at": 8}  # one epoch of 512 examples in batches of 64
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    results = _script("run", str(tmp_path / "second.json"), run_dir)
+    assert [h["step"] for h in results["history"]] == [8, 16]
+    # Deterministic: the resumed run is the uninterrupted mirrored run of the checks.
+    assert _metrics(results["history"]) == _metrics(checks["lenet_300_100"]["mirrored"]["history"])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_and_only_the_chief_writes(tmp_path):
+    """MultiWorkerMirroredStrategy with two workers on localhost, beside a one-device run of
+    the same configuration. Slow: three processes that each start TensorFlow (35-70 s on a
+    loaded two-core machine)."""
+    common = [
+        "--gin_file=gin_configs/snip.gin",
+        "--gin_bindings=experiment.train_limit = 512",
+        "--gin_bindings=experiment.test_limit = 256",
+        "--gin_bindings=training.epochs = 2",
+        "--gin_bindings=training.batch_size = 64",
+        "--gin_bindings=training.progress = False",
+        "--gin_bindings=training.deterministic = True",
+    ]
+    run_dir, single_dir = str(tmp_path / "run"), str(tmp_path / "single")
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tfprune.train",
+                    *common,
+                    "--gin_bindings=experiment.strategy = 'multi_worker_mirrored'",
+                    f"--output_dir={run_dir}",
+                ],
+                cwd=ROOT,
+                env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    single = subprocess.Popen(
+        [sys.executable, "-m", "tfprune.train", *common, f"--output_dir={single_dir}"],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    outputs = []
+    for process in [*processes, single]:
+        try:
+            stdout, stderr = process.communicate(timeout=300)
+        finally:
+            process.kill()
+        assert process.returncode == 0, stderr[-3000:]
+        outputs.append(stdout.strip().splitlines()[-1])
+    # Both workers report the same final model; only the chief wrote the run's files.
+    assert outputs[0] == outputs[1]
+    with open(os.path.join(run_dir, "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(single_dir, "results.json")) as f:
+        reference = json.load(f)
+    assert [h["step"] for h in results["history"]] == [8, 16]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
+        "ckpt-000000008",
+        "ckpt-000000016",
+    ]
+    assert [n for n in os.listdir(run_dir) if n.startswith(".tmp")] == []
+    # The global batch of 64 is split between the workers, each batch seen once.
+    assert _metrics(results["history"]) == pytest.approx(
+        _metrics(reference["history"]), rel=1e-5
+    )
