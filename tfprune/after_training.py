@@ -115,8 +115,7 @@ def run(
             raise ConfigError(
                 f"ablation {name!r} does not apply to {method}; use {' or '.join(ABLATIONS)}"
             )
-    if method != "magnitude_after_training" and rewind_step is None:
-        rewind_step = 0
+    rewind_step = default_rewind(method, rewind_step)
     trunk = _trunk_dir(ctx, shared_dir)
     dense_dir = _dense(ctx, trunk, rewind_step, should_stop)
     if method == "lottery":
@@ -132,19 +131,44 @@ def run(
         level_dir, parent = None, dense_dir
         start = 0 if rewind_step is None else rewind_step
 
-    model = ctx.build_model()
-    load_snapshot(model, snapshot_path(parent, ctx.total_steps))
-    masks = prune(model, "magnitude", density if level_dir is None else (1 - rate) ** level)
-    if "shuffle" in ablations:
-        masks = shuffle_masks(masks, ctx.seed)
-    if rewind_step is not None:
-        load_snapshot(model, snapshot_path(dense_dir, rewind_step))
-    assign_masks(model, masks)
+    target = density if level_dir is None else (1 - rate) ** level
+    shuffle_seed = ctx.seed if "shuffle" in ablations else None
+    model, _ = _pruned_and_rewound(ctx, parent, target, dense_dir, rewind_step, shuffle_seed)
     if "reinit" in ablations:
         reinitialize(model, ctx.seed)
     trainer = ctx.trainer(model, output_dir, should_stop=should_stop, start_step=start)
     state = trainer.run()
     return finish(model, state, output_dir, fields)
+
+
+def default_rewind(method: str, rewind_step: int | None) -> int | None:
+    """The rewind step a method uses: iteration 0 for the lottery methods when none is given;
+    none (fine-tuning from w_T) for `magnitude_after_training`."""
+    if method != "magnitude_after_training" and rewind_step is None:
+        return 0
+    return rewind_step
+
+
+def _pruned_and_rewound(
+    ctx: RunContext,
+    parent: str,
+    density: float,
+    dense_dir: str,
+    rewind_step: int | None,
+    shuffle_seed: int | None = None,
+):
+    """A network holding `parent`'s final weights pruned to `density` by global |w|, the mask
+    shuffled when `shuffle_seed` is given, and its weights rewound to the dense run's step k
+    (kept at w_T when `rewind_step` is None). Returns `(model, masks)`."""
+    model = ctx.build_model()
+    load_snapshot(model, snapshot_path(parent, ctx.total_steps))
+    masks = prune(model, "magnitude", density)
+    if shuffle_seed is not None:
+        masks = shuffle_masks(masks, shuffle_seed)
+    if rewind_step is not None:
+        load_snapshot(model, snapshot_path(dense_dir, rewind_step))
+    assign_masks(model, masks)
+    return model, masks
 
 
 def _trunk_dir(ctx: RunContext, shared_dir: str) -> str:
@@ -202,11 +226,7 @@ def _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
                 {"shared": "lottery", "level": n, "rewind_step": rewind_step, "rate": rate},
                 overwrite=False,
             )
-            model = ctx.build_model()
-            load_snapshot(model, snapshot_path(parent, ctx.total_steps))
-            masks = prune(model, "magnitude", (1 - rate) ** n)
-            load_snapshot(model, snapshot_path(dense_dir, rewind_step))
-            assign_masks(model, masks)
+            model, masks = _pruned_and_rewound(ctx, parent, (1 - rate) ** n, dense_dir, rewind_step)
             logging.info(
                 "lottery level %d: %d weights kept, rewound to iteration %d",
                 n,

@@ -259,8 +259,7 @@ def run(
             if rewind is None
             else to_iterations(rewind, ctx.steps_per_epoch, "experiment.rewind_step")
         )
-        if experiment.method != "magnitude_after_training" and rewind is None:
-            rewind = 0
+        rewind = after_training.default_rewind(experiment.method, rewind)
         fields.update({"prune_step": ctx.total_steps, "rewind_step": rewind, "rounds": 1})
         return after_training.run(
             ctx,
@@ -294,18 +293,6 @@ def check(experiment: Experiment, training: TrainConfig) -> None:
 def _validate(experiment: Experiment, training: TrainConfig) -> None:
     experiment.validate()
     training.validate()
-    # Training positions are read only when training starts: check their form before that.
-    for name in ("steps", "warmup"):
-        if getattr(training, name) is not None:
-            to_iterations(getattr(training, name), 1, f"training.{name}")
-    milestones = training.milestones
-    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, (list, tuple)):
-        raise ConfigError(
-            f"training.milestones must be a list of epochs or positions like '500it', got "
-            f"{milestones!r}"
-        )
-    for milestone in milestones:
-        to_iterations(milestone, 1, "training.milestones")
 
 
 def _context(experiment: Experiment, training: TrainConfig, strategy) -> RunContext:

@@ -25,7 +25,13 @@ from tfprune import data as data_lib
 from tfprune import models
 from tfprune._io import atomic_path, write_text
 from tfprune.errors import ConfigError, OutputError
-from tfprune.pruning import get_masks, layer_densities, overall_density, save_masks
+from tfprune.pruning import (
+    collapsed_layers,
+    get_masks,
+    layer_densities,
+    overall_density,
+    save_masks,
+)
 from tfprune.training import (
     TrainConfig,
     Trainer,
@@ -193,7 +199,7 @@ def finish(
         save_model(model, os.path.join(output_dir, "model.keras"))
     final = state.history[-1]
     densities = layer_densities(masks)
-    collapsed = [path for path, density in densities.items() if density == 0]
+    collapsed = collapsed_layers(masks)
     results = {
         **fields,
         "density_actual": overall_density(masks),

@@ -198,6 +198,18 @@ class TrainConfig:
             raise ConfigError(
                 f"training.deterministic must be True or False, got {self.deterministic!r}"
             )
+        # Positions are converted only when training starts: check their form now.
+        for name in ("steps", "warmup"):
+            if getattr(self, name) is not None:
+                to_iterations(getattr(self, name), 1, f"training.{name}")
+        milestones = self.milestones
+        if isinstance(milestones, (str, bytes)) or not isinstance(milestones, (list, tuple)):
+            raise ConfigError(
+                f"training.milestones must be a list of epochs or positions like '500it', got "
+                f"{milestones!r}"
+            )
+        for milestone in milestones:
+            to_iterations(milestone, 1, "training.milestones")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """The training length in iterations."""
@@ -509,9 +521,7 @@ class Trainer:
         if self.strategy.num_replicas_in_sync > 1:
             copy_first_replica(self.strategy, self.model.non_trainable_variables)
         self._reset_sums()
-        for x, y in self.strategy.experimental_distribute_dataset(
-            _shard_by_data(self.eval_data())
-        ):
+        for x, y in self.strategy.experimental_distribute_dataset(_shard_by_data(self.eval_data())):
             self._eval_step(x, y)
         return self._read_sums()
 
@@ -609,9 +619,7 @@ class Trainer:
             )
 
         results = self.strategy.run(moments)
-        n, total, squares = (
-            float(self.strategy.experimental_local_results(r)[0]) for r in results
-        )
+        n, total, squares = (float(self.strategy.experimental_local_results(r)[0]) for r in results)
         # Equal values are the only ones with n * sum(s^2) == (sum(s))^2.
         if n * squares != total * total:
             raise TrainingError(
