@@ -96,6 +96,10 @@ def test_bad_step_strings(step):
         ("momentum", "a"),
         ("batch_size", 1.5),
         ("keep_checkpoints", 0),
+        ("milestones", ["x"]),
+        ("milestones", "80"),
+        ("warmup", "5"),
+        ("steps", "2epochs"),
     ],
 )
 def test_bad_training_settings(field, value):
