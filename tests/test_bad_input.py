@@ -7,9 +7,8 @@ costs about as much as the slowest few; the Python API cases run in this process
 import concurrent.futures
 import os
 import struct
-import subprocess
-import sys
 
+import _procs
 import gin
 import keras
 import numpy as np
@@ -23,7 +22,6 @@ from tfprune.errors import ConfigError, DataError, ModelError, OutputError
 from tfprune.experiment import Experiment, check, run
 from tfprune.training import TrainConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNIP = "--gin_file=gin_configs/snip.gin"
 TINY = ["--gin_bindings=experiment.train_limit = 256", "--gin_bindings=training.progress = False"]
 
@@ -196,21 +194,13 @@ def cli_runs(tmp_path_factory):
     with open(os.path.join(tmp, "unfinished", "config.json"), "w") as f:
         f.write("{}\n")
     _write_small_mnist(os.path.join(tmp, "small_data"))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
     def launch(case):
         name, program, args, _ = case
         args = [a.format(tmp=tmp) for a in args]
         if program == "train" and not any(a.startswith("--output_dir") for a in args):
             args.append(f"--output_dir={tmp}/runs/{name}")
-        return subprocess.run(
-            [sys.executable, "-m", f"tfprune.{program}", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        return _procs.run(f"tfprune.{program}", *args)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         done = dict(zip([c[0] for c in CLI_CASES], pool.map(launch, CLI_CASES), strict=True))

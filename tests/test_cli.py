@@ -5,13 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
+import _procs
 import numpy as np
 import pytest
+from _procs import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHOD_FILES = sorted(glob.glob(os.path.join(ROOT, "gin_configs", "*.gin")))
 TINY = [
     "--gin_bindings=experiment.train_limit = 256",
@@ -21,22 +21,8 @@ TINY = [
 LENET_PRUNABLE = 266_200
 
 
-def _train(*args, timeout=300, **kwargs):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "tfprune.train", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kwargs,
-    )
-
-
-def _results(run_dir):
-    with open(os.path.join(run_dir, "results.json")) as f:
-        return json.load(f)
+def _train(*args, timeout=300):
+    return _procs.run("tfprune.train", *args, timeout=timeout)
 
 
 def test_every_shipped_method_file_is_found():
@@ -54,7 +40,7 @@ def test_each_shipped_gin_file_runs_one_step(gin_file, tmp_path):
         f"--output_dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = _results(run_dir)
+    results = _procs.results(run_dir)
     assert results["steps"] == 1 and len(results["history"]) == 1
     assert results["dataset"] == "fashion_mnist" and results["model"] == "lenet_300_100"
     with np.load(os.path.join(run_dir, "masks.npz")) as data:
@@ -151,10 +137,10 @@ def test_output_dir_with_another_config_is_refused_unless_overwrite(tmp_path):
     other = _train(*base, "--gin_bindings=experiment.density = 0.2")
     assert other.returncode == 2
     assert "different configuration" in other.stderr.strip().splitlines()[-1]
-    assert _results(run_dir)["density_target"] == 0.05
+    assert _procs.results(run_dir)["density_target"] == 0.05
     replaced = _train(*base, "--gin_bindings=experiment.density = 0.2", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
-    assert _results(run_dir)["density_target"] == 0.2
+    assert _procs.results(run_dir)["density_target"] == 0.2
 
 
 def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
@@ -167,14 +153,7 @@ def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
         "--gin_bindings=training.progress = False",
         f"--output_dir={run_dir}",
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfprune.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _procs.start("tfprune.train", *args)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -191,7 +170,7 @@ def test_sigkill_during_training_then_rerun_resumes_and_completes(tmp_path):
     resumed = _train(*args, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at iteration" in resumed.stderr
-    results = _results(run_dir)
+    results = _procs.results(run_dir)
     assert [h["epoch"] for h in results["history"]] == list(range(1, 31))
     assert results["steps"] == 30 * 32
     assert results["density_actual"] == pytest.approx(round(0.05 * LENET_PRUNABLE) / LENET_PRUNABLE)
@@ -207,15 +186,7 @@ def test_sigterm_writes_a_checkpoint_and_exits(tmp_path):
         "--gin_bindings=training.progress = False",
         f"--output_dir={run_dir}",
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tfprune.train", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _procs.start("tfprune.train", *args, stderr=subprocess.PIPE)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and not (
@@ -252,7 +223,7 @@ def test_ablation_files_combine_with_a_method_file_and_with_each_other(tmp_path)
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {os.path.basename(f)[:-4] for f in ABLATION_FILES} == {"shuffle", "reinit", "invert"}
-    assert _results(run_dir)["ablations"] == ["shuffle", "reinit", "invert"]
+    assert _procs.results(run_dir)["ablations"] == ["shuffle", "reinit", "invert"]
     with open(os.path.join(run_dir, "pruning.json")) as f:
         assert json.load(f)["ablations"] == ["shuffle", "reinit", "invert"]
 
@@ -266,7 +237,7 @@ def test_synflow_shuffled_keeps_the_layer_densities_of_synflow(tmp_path):
         *common, "--gin_file=gin_configs/ablations/shuffle.gin", f"--output_dir={shuffled}"
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _results(plain)["layer_density"] == _results(shuffled)["layer_density"]
+    assert _procs.results(plain)["layer_density"] == _procs.results(shuffled)["layer_density"]
     with (
         np.load(os.path.join(plain, "masks.npz")) as a,
         np.load(os.path.join(shuffled, "masks.npz")) as b,
@@ -303,7 +274,7 @@ def test_short_resnet20_experiment_runs_one_step(tmp_path):
         f"--output_dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = _results(run_dir)
+    results = _procs.results(run_dir)
     assert results["model"] == "resnet20" and results["method"] == "snip"
     assert results["config"]["training"]["momentum"] == 0.9
     # One input channel: the first conv has 3*3*1*16 weights instead of CIFAR's 3*3*3*16.

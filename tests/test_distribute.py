@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 
+import _procs
 import pytest
+from _procs import ENV, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "_mirrored.py")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def _script(*args, timeout=600):
@@ -121,29 +121,22 @@ def test_two_worker_processes_train_and_only_the_chief_writes(tmp_path):
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tfprune.train",
-                    *common,
-                    "--gin_bindings=experiment.strategy = 'multi_worker_mirrored'",
-                    f"--output_dir={run_dir}",
-                ],
-                cwd=ROOT,
+            _procs.start(
+                "tfprune.train",
+                *common,
+                "--gin_bindings=experiment.strategy = 'multi_worker_mirrored'",
+                f"--output_dir={run_dir}",
                 env=dict(ENV, TF_CONFIG=json.dumps(tf_config)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
             )
         )
-    single = subprocess.Popen(
-        [sys.executable, "-m", "tfprune.train", *common, f"--output_dir={single_dir}"],
-        cwd=ROOT,
-        env=ENV,
+    single = _procs.start(
+        "tfprune.train",
+        *common,
+        f"--output_dir={single_dir}",
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
     outputs = []
     for process in [*processes, single]:

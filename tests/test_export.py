@@ -9,16 +9,17 @@ import subprocess
 import sys
 import textwrap
 
+import _procs
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _procs import ENV, ROOT
 
 import tfprune
 from tfprune import deploy
 from tfprune.errors import ConfigError, ModelError, OutputError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENET_PARAMS, LENET_PRUNABLE = 266_610, 266_200
 
 
@@ -35,10 +36,9 @@ def _batch(shape, n=4, seed=1):
 
 def _python(code, *args, timeout=300):
     """Runs `code` in a fresh interpreter (no tfprune import unless the code asks for it)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -308,25 +308,17 @@ def test_export_overwrites_atomically_and_rejects_bad_requests(tmp_path):
 
 
 def _cli(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "tfprune.export", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    return _procs.run("tfprune.export", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run") / "magnitude")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "tfprune.train", "--gin_file=gin_configs/magnitude.gin",
-            "--gin_bindings=training.steps = 1", "--gin_bindings=experiment.train_limit = 256",
-            "--gin_bindings=experiment.test_limit = 256",
-            "--gin_bindings=training.progress = False", f"--output_dir={run_dir}",
-        ],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    proc = _procs.run(
+        "tfprune.train", "--gin_file=gin_configs/magnitude.gin",
+        "--gin_bindings=training.steps = 1", "--gin_bindings=experiment.train_limit = 256",
+        "--gin_bindings=experiment.test_limit = 256",
+        "--gin_bindings=training.progress = False", f"--output_dir={run_dir}", timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir

@@ -2,22 +2,19 @@
 skipped, a diverging run keeps its last good checkpoint, and a sweep outlives a killed cell."""
 
 import csv
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
+import _procs
 import numpy as np
 import pytest
 
 from tfprune.errors import ConfigError
 from tfprune.training import TrainConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 DETERMINISTIC = [
     "--gin_file=gin_configs/snip.gin",
     "--gin_bindings=experiment.train_limit = 8192",
@@ -27,41 +24,6 @@ DETERMINISTIC = [
     "--gin_bindings=training.progress = False",
     "--gin_bindings=training.deterministic = True",
 ]
-
-
-def _start(module, *args, stderr=subprocess.DEVNULL):
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        text=True,
-    )
-
-
-def _run(module, *args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _results(run_dir):
-    with open(os.path.join(run_dir, "results.json")) as f:
-        return json.load(f)
-
-
-def _wait_for(path, process, timeout=300):
-    deadline = time.time() + timeout
-    while not os.path.exists(path):
-        assert process.poll() is None, f"the process ended before {path} appeared"
-        assert time.time() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
 
 
 def _numbers(results):
@@ -75,24 +37,24 @@ def _numbers(results):
 
 def test_sigkill_at_a_random_point_then_resume_equals_the_uninterrupted_run(tmp_path):
     killed_dir, whole_dir = str(tmp_path / "killed"), str(tmp_path / "whole")
-    whole = _start("tfprune.train", *DETERMINISTIC, f"--output_dir={whole_dir}")
-    killed = _start("tfprune.train", *DETERMINISTIC, f"--output_dir={killed_dir}")
+    whole = _procs.start("tfprune.train", *DETERMINISTIC, f"--output_dir={whole_dir}")
+    killed = _procs.start("tfprune.train", *DETERMINISTIC, f"--output_dir={killed_dir}")
     # Anywhere from the first iterations to a few epochs in, between checkpoints or not.
     rng = random.Random(os.urandom(8))
     anchor = rng.choice(
         ["pruning.json", "checkpoints/ckpt-000000064", "checkpoints/ckpt-000000128"]
     )
     delay = rng.uniform(0.0, 0.5)
-    _wait_for(os.path.join(killed_dir, anchor), killed)
+    _procs.wait_for(os.path.join(killed_dir, anchor), killed)
     time.sleep(delay)
     assert killed.poll() is None, f"the run finished before the kill ({anchor} + {delay:.2f}s)"
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not os.path.exists(os.path.join(killed_dir, "results.json"))
-    resumed = _run("tfprune.train", *DETERMINISTIC, f"--output_dir={killed_dir}")
+    resumed = _procs.run("tfprune.train", *DETERMINISTIC, f"--output_dir={killed_dir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert whole.wait(timeout=600) == 0
-    after_kill, uninterrupted = _results(killed_dir), _results(whole_dir)
+    after_kill, uninterrupted = _procs.results(killed_dir), _procs.results(whole_dir)
     assert [h["epoch"] for h in after_kill["history"]] == [1, 2, 3, 4, 5, 6]
     message = f"killed {delay:.2f}s after {anchor}"
     assert _numbers(after_kill) == _numbers(uninterrupted), message
@@ -111,7 +73,7 @@ def test_diverging_run_keeps_its_good_checkpoints_and_a_corrupted_one_is_skipped
         "--gin_bindings=training.gamma = 1e30",
         f"--output_dir={run_dir}",
     ]
-    first = _run("tfprune.train", *args)
+    first = _procs.run("tfprune.train", *args)
     assert first.returncode == 2, first.stderr[-2000:]
     last = first.stderr.strip().splitlines()[-1]
     assert last.startswith("tfprune.train: error: the training loss became")
@@ -121,7 +83,7 @@ def test_diverging_run_keeps_its_good_checkpoints_and_a_corrupted_one_is_skipped
         assert all(np.all(np.isfinite(data[k])) for k in data.files)
     with open(os.path.join(checkpoint_dir, "ckpt-000000016", "variables.npz"), "r+b") as f:
         f.write(b"\0" * 64)
-    again = _run("tfprune.train", *args)
+    again = _procs.run("tfprune.train", *args)
     assert "ckpt-000000016 is unreadable" in again.stderr
     assert "resuming at iteration 8 of 32" in again.stderr
     assert again.returncode == 2  # it diverges again in epoch 3, with the same message
@@ -162,14 +124,14 @@ def test_sweep_survives_a_killed_cell_and_a_rerun_completes_it(tmp_path):
         f"--output_dir={sweep_dir}",
     ]
     victim = "runs/random-none-d0.1-s0"
-    sweep = _start("tfprune.sweep", *args, stderr=subprocess.PIPE)
+    sweep = _procs.start("tfprune.sweep", *args, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     child = None
     while child is None:
         assert sweep.poll() is None and time.time() < deadline, "no cell started"
         child = next((p for p, c in _children(sweep.pid).items() if victim in c), None)
         time.sleep(0.05)
-    _wait_for(os.path.join(sweep_dir, victim, "config.json"), sweep)
+    _procs.wait_for(os.path.join(sweep_dir, victim, "config.json"), sweep)
     time.sleep(random.Random(os.urandom(8)).uniform(0.0, 1.0))
     os.kill(child, signal.SIGKILL)
     _, stderr = sweep.communicate(timeout=600)
@@ -177,7 +139,7 @@ def test_sweep_survives_a_killed_cell_and_a_rerun_completes_it(tmp_path):
     assert "FAILED (exit -9" in stderr
     with open(os.path.join(sweep_dir, "results.csv"), newline="") as f:
         assert [r["run_dir"] for r in csv.DictReader(f)] == ["runs/magnitude-none-d0.1-s0"]
-    rerun = _run("tfprune.sweep", *args)
+    rerun = _procs.run("tfprune.sweep", *args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "1 finished already, 1 to run" in rerun.stderr
     with open(os.path.join(sweep_dir, "results.csv"), newline="") as f:
@@ -186,7 +148,7 @@ def test_sweep_survives_a_killed_cell_and_a_rerun_completes_it(tmp_path):
         "runs/magnitude-none-d0.1-s0",
         "runs/random-none-d0.1-s0",
     ]
-    assert _results(os.path.join(sweep_dir, victim))["epochs"] == 3
+    assert _procs.results(os.path.join(sweep_dir, victim))["epochs"] == 3
 
 
 @pytest.mark.parametrize("value", [1, "yes", None])

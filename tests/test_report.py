@@ -3,17 +3,15 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
+import _procs
 import numpy as np
 import pytest
 
 from tfprune import report
 from tfprune.errors import ConfigError, DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ("fc1/kernel", "fc2/kernel", "fc/kernel")
 DENSITIES = (0.8**3, 0.8**6, 0.8**9)
 SEEDS = (0, 1, 2)
@@ -379,15 +377,7 @@ def test_command_writes_the_report(tmp_path, capsys):
 
 
 def test_command_line_fails_in_one_line_without_traceback(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfprune.report", str(tmp_path / "nowhere")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _procs.run("tfprune.report", str(tmp_path / "nowhere"), timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tfprune.report: error: ") and "does not exist" in last

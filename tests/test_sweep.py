@@ -5,10 +5,10 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
+import _procs
 import pytest
 
 from tfprune.errors import ConfigError
@@ -25,7 +25,6 @@ from tfprune.sweep import (
     read_rows,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 266_200  # prunable weights of LeNet-300-100
 TINY = [
     "--gin_file=gin_configs/default.gin",
@@ -42,18 +41,8 @@ GRID_CELLS = [
 ]
 
 
-def _command(*args):
-    return [sys.executable, "-m", "tfprune.sweep", *args]
-
-
-def _env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
 def _sweep(*args, timeout=300):
-    return subprocess.run(
-        _command(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+    return _procs.run("tfprune.sweep", *args, timeout=timeout)
 
 
 def _check_csv(csv_path, expected_run_dirs):
@@ -292,13 +281,8 @@ def test_sweep_killed_midway_resumes_without_rerunning_finished_cells(tmp_path):
     args = [*TINY, *GRID, "--jobs=1", f"--output_dir={out}"]
     csv_path = str(out / "results.csv")
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(
-            _command(*args),
-            cwd=ROOT,
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        proc = _procs.start(
+            "tfprune.sweep", *args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None and len(read_rows(csv_path)) < 2:
@@ -340,13 +324,14 @@ def test_concurrent_shards_fill_one_results_csv_without_duplicates(tmp_path):
     out = tmp_path / "sweep"
     grid = ["--methods=random", "--densities=0.1,0.05", "--ablations=none,shuffle", "--seeds=0"]
     processes = [
-        subprocess.Popen(
-            _command(*TINY, *grid, f"--shard={i}/2", f"--output_dir={out}"),
-            cwd=ROOT,
-            env=_env(),
+        _procs.start(
+            "tfprune.sweep",
+            *TINY,
+            *grid,
+            f"--shard={i}/2",
+            f"--output_dir={out}",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
         for i in range(2)
     ]

@@ -601,7 +601,9 @@ class Trainer:
             @tf.function
             def any_worker(flag):
                 context = tf.distribute.get_replica_context()
-                return context.all_reduce(tf.distribute.ReduceOp.SUM, flag)
+                # An input placeholder has no device, and a collective needs one: copy the flag
+                # under the replica's device scope.
+                return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
 
             self._any_worker = any_worker
         total = self.strategy.run(self._any_worker, args=(tf.constant(float(stop)),))
