@@ -867,13 +867,7 @@ def _full_table(rows: Sequence[Mapping]) -> list[str]:
 
 
 _SUMMARY_COLUMNS = (
-    "dataset",
-    "model",
-    "prune_step",
-    "rewind_step",
-    "method",
-    "ablations",
-    "density_target",
+    *_GROUP_KEYS,
     "density_actual_mean",
     "n",
     "seeds",
