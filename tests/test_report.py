@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import _procs
 import numpy as np
 import pytest
+from matplotlib.collections import PolyCollection
 
 from tfprune import report
 from tfprune.errors import ConfigError, DataError
@@ -381,3 +382,28 @@ def test_command_line_fails_in_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tfprune.report: error: ") and "does not exist" in last
+
+
+def test_a_single_density_gets_error_bars_and_dashes_instead_of_bands():
+    """A grid at one density (a later prune step, say): a band or a line of one point would be
+    invisible, so each series has an error bar of ± one std and the un-ablated level a dash."""
+    rows = [
+        _row(m, a, 0.25, s) for m in ("snip", "synflow") for a in ("none", "shuffle") for s in SEEDS
+    ]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    plain, shuffle = fig.axes[:2]
+    snip = report.method_color("snip")
+    bars = [c for c in plain.collections if c.get_segments()]
+    assert not [c for c in plain.collections if isinstance(c, PolyCollection)]
+    segments = {tuple(np.round(seg[:, 1], 6)) for c in bars for seg in c.get_segments()}
+    # snip, no ablation: seeds give 0.85 - 0.03 + 0.05 log10(0.25) + {0, .01, .02}.
+    mean = 100 * (0.82 + 0.05 * np.log10(0.25) + 0.01)
+    std = 100 * np.std([0.0, 0.01, 0.02])
+    assert (round(mean - std, 6), round(mean + std, 6)) in segments
+    dashes = [ln for ln in shuffle.get_lines() if ln.get_color() == snip and ln.get_alpha()]
+    assert [ln.get_marker() for ln in dashes] == ["_"]
+    assert np.allclose(dashes[0].get_ydata(), mean)
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    spread = legend.legend_handles[names.index("± std over seeds")]
+    assert spread.get_marker() == "|"

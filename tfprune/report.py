@@ -437,10 +437,25 @@ def _draw_series(ax, entries: Sequence[Mapping], method: str, *, faint: bool, la
     mean = np.array([e["test_accuracy_mean"] for e in entries]) * 100.0
     std = np.array([e["test_accuracy_std"] for e in entries]) * 100.0
     color = method_color(method)
+    # A line and a band need two densities; one density gets a dash and an error bar instead.
+    single = len(x) == 1
     if faint:
-        ax.plot(x, mean, color=color, linestyle="--", linewidth=1.0, alpha=0.45, zorder=1)
+        ax.plot(
+            x,
+            mean,
+            color=color,
+            linestyle="--",
+            linewidth=1.0,
+            alpha=0.45,
+            zorder=1,
+            marker="_" if single else None,
+            markersize=14,
+        )
         return
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0, zorder=2)
+    if single:
+        ax.errorbar(x, mean, yerr=std, fmt="none", ecolor=color, alpha=0.6, capsize=4, zorder=2)
+    else:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0, zorder=2)
     ax.plot(
         x,
         mean,
@@ -563,7 +578,11 @@ def plot_accuracy(
         handles["un-ablated (for comparison)"] = Line2D(
             [], [], color="grey", linestyle="--", alpha=0.6
         )
-    handles.setdefault("± std over seeds", Patch(color="grey", alpha=0.25))
+    if len(set(all_densities)) == 1:
+        spread = Line2D([], [], color="grey", marker="|", markersize=10, linestyle="none")
+    else:
+        spread = Patch(color="grey", alpha=0.25)
+    handles.setdefault("± std over seeds", spread)
     fig.legend(
         list(handles.values()),
         list(handles),
