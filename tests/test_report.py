@@ -250,6 +250,20 @@ def test_layer_density_figure_marks_collapsed_layers():
         report.plot_layer_densities({}, method="snip")
 
 
+def test_layer_density_minor_ticks_read_as_plain_numbers():
+    densities = {
+        0.3: {"net/fc1/kernel": 0.31, "net/fc2/kernel": 0.4, "net/fc/kernel": 0.7},
+        0.01: {"net/fc1/kernel": 0.0025, "net/fc2/kernel": 0.036, "net/fc/kernel": 0.3},
+    }
+    fig = report.plot_layer_densities(densities, method="snip")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    # Percent axis from 0.25 to 70: 0.6 reads "0.6", never "6e-01".
+    assert "0.6" in minor and "6" in minor
+    assert not any("e" in label for label in minor)
+
+
 def test_summary_markdown_rows_and_pivot(sweep, written):
     text = (sweep / "report" / "summary.md").read_text()
     assert "## lenet_300_100 on fashion_mnist" in text

@@ -698,7 +698,9 @@ def plot_layer_densities(
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         # Label some minor ticks too when the densities span less than two decades.
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.yaxis.set_minor_formatter(
+            _PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(_abbreviate(paths), rotation=60, ha="right", fontsize=7)
     ax.set_xlabel("Layer (kernel, network order)")
@@ -715,6 +717,15 @@ def plot_layer_densities(
     )
     fig.suptitle(title or f"Per-layer density: {method}")
     return fig
+
+
+if _MATPLOTLIB_MISSING is None:
+
+    class _PlainLogFormatter(LogFormatter):
+        """Labels the ticks `LogFormatter` labels, as plain numbers (0.6, not 6e-01)."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
 
 
 def _slug(text: str) -> str:
