@@ -8,8 +8,10 @@
 #      lottery-ticket rewinding (k = 0) with none/shuffle/reinit, the dense reference;
 #      densities 0.8^5, 0.8^10, 0.8^16, 0.8^22; seeds 0, 1, 2; 5 epochs per training (the
 #      paper trains 40, our default experiment 10: this grid trades length for coverage).
-# conv (about two hours on 2 cores): the same comparison on a convolutional network, ResNet-20
-#      on a short schedule (see gin_configs/experiments/fashion_mnist_resnet20_short.gin).
+# conv (about three hours on 2 cores): the same comparison on a convolutional network,
+#      ResNet-20 on a short schedule (see gin_configs/experiments/fashion_mnist_resnet20_short.gin),
+#      densities 0.8^5, 0.8^10, 0.8^16, seed 0; plus seeds 1 and 2 at 0.8^10 (ablations none and
+#      shuffle) to measure the spread between seeds.
 # late (about half an hour on 2 cores): pruning after one epoch of training instead of at
 #      initialization (SPEC claim 5), for magnitude, SNIP, GraSP and SynFlow with the ablations
 #      none/shuffle/reinit, on both networks (late-mlp, late-conv: one network); compare with
@@ -36,6 +38,11 @@ conv() {
     --gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin \
     --methods=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery \
     --densities=0.8^5,0.8^10,0.8^16 --ablations=none,shuffle,reinit,invert --seeds=0
+  # Two more seeds at 10.7% without ablation and shuffled, for a noise estimate.
+  "$PYTHON" -m tfprune.sweep --output_dir="$ROOT/fashion_mnist-resnet20" --jobs="$JOBS" \
+    --gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin \
+    --methods=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery \
+    --densities=0.8^10 --ablations=none,shuffle --seeds=1,2
   "$PYTHON" -m tfprune.report "$ROOT/fashion_mnist-resnet20"
 }
 
