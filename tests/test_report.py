@@ -228,6 +228,16 @@ def test_accuracy_figure_has_log_density_axis_panels_and_legend(sweep):
     assert faint and all(ln.get_linestyle() == "--" for ln in faint)
 
 
+def test_a_panel_at_chance_does_not_squeeze_the_y_axis_of_the_others():
+    rows = [_row(m, "none", d, s) for m in ("random", "snip") for d in DENSITIES for s in SEEDS]
+    rows += [_row("snip", "invert", d, s, test_accuracy=0.1) for d in DENSITIES for s in SEEDS]
+    plain, inverted = report.plot_accuracy(report.aggregate(rows)).axes[:2]
+    # Lowest plotted value without ablation: random at 0.8^9, seed 0, is 75 + 5 log10(0.8^9) %.
+    lowest = 100 * (0.75 + 0.05 * np.log10(DENSITIES[-1]))
+    assert lowest - 2 < plain.get_ylim()[0] < lowest
+    assert inverted.get_ylim()[0] < 10.0
+
+
 def test_method_colours_are_fixed():
     assert report.method_color("snip") == report.method_color("snip") == "#ff7f0e"
     assert report.method_color("random") == "#7f7f7f"

@@ -526,7 +526,9 @@ def plot_accuracy(
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(4.6 * ncols, 3.7 * nrows + 1.0), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    # Each panel scales its own y axis (every panel repeats its references): an ablation that
+    # falls to chance must not squeeze the others' differences of a few points into one line.
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=False, squeeze=False).ravel()
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
 
