@@ -23,11 +23,13 @@ WHICH=${1:-all}
 ROOT=${2:-runs/reproduction}
 JOBS=${JOBS:-2}
 PYTHON=${PYTHON:-.venv/bin/python}
+METHODS=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery
+RESNET20_SHORT=gin_configs/experiments/fashion_mnist_resnet20_short.gin
 
 mlp() {
   "$PYTHON" -m tfprune.sweep --output_dir="$ROOT/fashion_mnist-lenet_300_100" --jobs="$JOBS" \
     --gin_file=gin_configs/default.gin --gin_bindings="training.epochs = 5" \
-    --methods=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery \
+    --methods="$METHODS" \
     --densities=0.8^5,0.8^10,0.8^16,0.8^22 --ablations=none,shuffle,reinit,invert \
     --seeds=0,1,2
   "$PYTHON" -m tfprune.report "$ROOT/fashion_mnist-lenet_300_100"
@@ -35,13 +37,11 @@ mlp() {
 
 conv() {
   "$PYTHON" -m tfprune.sweep --output_dir="$ROOT/fashion_mnist-resnet20" --jobs="$JOBS" \
-    --gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin \
-    --methods=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery \
+    --gin_file="$RESNET20_SHORT" --methods="$METHODS" \
     --densities=0.8^5,0.8^10,0.8^16 --ablations=none,shuffle,reinit,invert --seeds=0
   # Two more seeds at 10.7% without ablation and shuffled, for a noise estimate.
   "$PYTHON" -m tfprune.sweep --output_dir="$ROOT/fashion_mnist-resnet20" --jobs="$JOBS" \
-    --gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin \
-    --methods=dense,random,magnitude,snip,grasp,synflow,magnitude_after_training,lottery \
+    --gin_file="$RESNET20_SHORT" --methods="$METHODS" \
     --densities=0.8^10 --ablations=none,shuffle --seeds=1,2
   "$PYTHON" -m tfprune.report "$ROOT/fashion_mnist-resnet20"
 }
@@ -57,7 +57,7 @@ late_mlp() {
 
 late_conv() {
   "$PYTHON" -m tfprune.sweep --output_dir="$ROOT/fashion_mnist-resnet20-prune1ep" --jobs="$JOBS" \
-    --gin_file=gin_configs/experiments/fashion_mnist_resnet20_short.gin \
+    --gin_file="$RESNET20_SHORT" \
     --gin_bindings="experiment.prune_step = '1ep'" \
     --methods=magnitude,snip,grasp,synflow --densities=0.8^10 \
     --ablations=none,shuffle,reinit --seeds=0
