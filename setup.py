@@ -29,7 +29,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff"],
         "plot": ["matplotlib"],
         "tfmot": ["tensorflow-model-optimization", "tf_keras"],
     },

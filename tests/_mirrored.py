@@ -3,7 +3,7 @@
 TensorFlow fixes its devices when it first runs an op, so the two devices are configured
 here, in a process of their own, before anything else:
 
-    python tests/_mirrored.py checks OUT.json
+    python tests/_mirrored.py checks OUT.json MODEL [MODEL ...]
     python tests/_mirrored.py run OUT.json RUN_DIR [STOP_AFTER_POLLS]
 """
 
@@ -26,7 +26,11 @@ from tfprune.training import Interrupted, TrainConfig  # noqa: E402
 
 DEVICES = ["/cpu:0", "/cpu:1"]
 LIMITS = {"train_limit": 512, "test_limit": 256}
-METHODS = ("magnitude", "random", "snip")
+# The pruning methods compared on one and two devices, and the training of each model.
+CHECKS = {
+    "lenet_300_100": (("magnitude", "random", "snip"), {}),
+    "resnet20": (("snip",), {"steps": "6it"}),
+}
 
 
 def _mirrored():
@@ -81,19 +85,20 @@ def _train(strategy, model, tmp, **training):
     return {"history": state.history, "replicas": replicas, "differing_variables": differing}
 
 
-def checks(out):
+def checks(out, models):
     mirrored = _mirrored()
     default = tf.distribute.get_strategy()
     result = {"replicas_in_sync": mirrored.num_replicas_in_sync, "same_masks": {}}
-    for model, methods in (("lenet_300_100", METHODS), ("resnet20", ("snip",))):
-        for method in methods:
+    for model in models:
+        for method in CHECKS[model][0]:
             one = _pruned(default, method, model)[2]
             two = _pruned(mirrored, method, model)[2]
             result["same_masks"][f"{model}/{method}"] = all(
                 np.array_equal(one[p], two[p]) for p in one
             )
     tmp = os.path.dirname(out)
-    for model, training in (("lenet_300_100", {}), ("resnet20", {"steps": "6it"})):
+    for model in models:
+        training = CHECKS[model][1]
         result[model] = {
             name: _train(strategy, model, os.path.join(tmp, f"{model}-{name}"), **training)
             for name, strategy in (("default", default), ("mirrored", mirrored))
@@ -126,6 +131,6 @@ def run(out, run_dir, stop_after=None):
 if __name__ == "__main__":
     keras.utils.set_random_seed(0)
     if sys.argv[1] == "checks":
-        checks(sys.argv[2])
+        checks(sys.argv[2], sys.argv[3:])
     else:
         run(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)

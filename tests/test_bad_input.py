@@ -24,6 +24,11 @@ from tfprune.training import TrainConfig
 
 SNIP = "--gin_file=gin_configs/snip.gin"
 TINY = ["--gin_bindings=experiment.train_limit = 256", "--gin_bindings=training.progress = False"]
+TINY_SWEEP = [
+    "--gin_file=gin_configs/default.gin",
+    "--gin_bindings=training.steps = 2",
+    "--output_dir={tmp}/sweep",
+]
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -48,6 +53,75 @@ def _write_small_mnist(folder) -> str:
 # directory holding `a_file` (a regular file), `small_data` (8x8 MNIST), `bad_syntax.gin`,
 # `bad_include.gin` and `unfinished/` (a run directory without results).
 CLI_CASES = [
+    (
+        "unknown-method",
+        "train",
+        [SNIP, "--gin_bindings=experiment.method = 'snipp'"],
+        ["unknown pruning method 'snipp'"],
+    ),
+    (
+        "density-0",
+        "train",
+        [SNIP, "--gin_bindings=experiment.density = 0.0"],
+        ["density must be in (0, 1], got 0.0"],
+    ),
+    (
+        "density-above-1",
+        "train",
+        [SNIP, "--gin_bindings=experiment.density = 1.5"],
+        ["density must be in (0, 1], got 1.5"],
+    ),
+    (
+        "missing-gin-file",
+        "train",
+        ["--gin_file=gin_configs/missing.gin"],
+        ["gin file 'gin_configs/missing.gin' does not exist"],
+    ),
+    ("misspelt-parameter", "train", [SNIP, "--gin_bindings=experiment.densty = 0.1"], ["'densty'"]),
+    (
+        "unknown-dataset",
+        "train",
+        [SNIP, "--gin_bindings=experiment.dataset = 'nodata'"],
+        ["unknown dataset 'nodata'"],
+    ),
+    (
+        "unknown-model",
+        "train",
+        [SNIP, "--gin_bindings=experiment.model = 'resnet99'"],
+        ["unknown model 'resnet99'"],
+    ),
+    (
+        "prune-step-not-a-step",
+        "train",
+        [SNIP, "--gin_bindings=experiment.prune_step = 'soon'"],
+        ["prune_step must look like"],
+    ),
+    ("stray-argument", "train", [SNIP, "stray"], ["unexpected arguments: stray"]),
+    ("sweep-without-methods", "sweep", [*TINY_SWEEP, "--densities=0.1"], ["--methods is required"]),
+    (
+        "sweep-unknown-method",
+        "sweep",
+        [*TINY_SWEEP, "--methods=snip,snipp"],
+        ["unknown pruning method 'snipp'"],
+    ),
+    (
+        "sweep-bad-density-power",
+        "sweep",
+        [*TINY_SWEEP, "--methods=snip", "--densities=0.8^"],
+        ["'0.8^' in '0.8^' must look like 0.8^5"],
+    ),
+    (
+        "sweep-shard-equal-to-n",
+        "sweep",
+        [*TINY_SWEEP, "--methods=snip", "--shard=2/2"],
+        ["--shard must look like i/N"],
+    ),
+    (
+        "sweep-missing-gin-file",
+        "sweep",
+        ["--gin_file=gin_configs/missing.gin", "--methods=snip", "--output_dir={tmp}/sweep"],
+        ["gin file 'gin_configs/missing.gin' does not exist"],
+    ),
     (
         "unquoted-string",
         "train",
@@ -215,8 +289,10 @@ def test_cli_bad_input_ends_with_one_line_naming_it_and_status_2(
     proc = runs[name]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    lines = proc.stderr.strip().splitlines()
+    last = lines[-1]
     assert last.startswith(f"tfprune.{program}: error: "), last
+    assert sum(line.startswith(f"tfprune.{program}: error: ") for line in lines) == 1
     for fragment in fragments:
         assert fragment.format(tmp=tmp) in last, last
     if name == "output-dir-under-a-file":

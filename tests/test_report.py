@@ -238,6 +238,33 @@ def test_a_panel_at_chance_does_not_squeeze_the_y_axis_of_the_others():
     assert inverted.get_ylim()[0] < 10.0
 
 
+def test_ablated_random_pruning_is_drawn_apart_from_random_pruning():
+    rows = [
+        _row("random", ablations, d, s)
+        for ablations in ("none", "shuffle")
+        for d in DENSITIES
+        for s in SEEDS
+    ]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    shuffle = fig.axes[1]
+    lines = {line.get_label(): line for line in shuffle.get_lines()}
+    plain, ablated = lines["random"], lines["random (shuffle)"]
+    assert plain.get_color() == ablated.get_color() == report.method_color("random")
+    assert plain.get_linestyle() == "-" and plain.get_markerfacecolor() == plain.get_color()
+    assert ablated.get_linestyle() == ":" and ablated.get_markerfacecolor() == "white"
+    # Random minus 0.01 when shuffled (see _accuracy): the two lines are the two series.
+    assert np.allclose(plain.get_ydata() - ablated.get_ydata(), 1.0)
+    legend = dict(
+        zip(
+            [t.get_text() for t in fig.legends[0].get_texts()],
+            fig.legends[0].legend_handles,
+            strict=True,
+        )
+    )
+    assert legend["random (shuffle)"].get_linestyle() == ":"
+    assert legend["random"].get_linestyle() == "-"
+
+
 def test_method_colours_are_fixed():
     assert report.method_color("snip") == report.method_color("snip") == "#ff7f0e"
     assert report.method_color("random") == "#7f7f7f"

@@ -432,7 +432,21 @@ def _density_ticks(densities: Iterable[float], max_ticks: int = 8) -> list[float
     return values[::step]
 
 
-def _draw_series(ax, entries: Sequence[Mapping], method: str, *, faint: bool, label: str | None):
+def _draw_series(
+    ax,
+    entries: Sequence[Mapping],
+    method: str,
+    *,
+    faint: bool,
+    label: str | None,
+    variant: bool = False,
+):
+    """One method's curve: markers, a ± std band (or error bars at a single density).
+
+    `faint` draws a thin dashed line only (an un-ablated curve repeated for comparison);
+    `variant` draws the curve dotted with open markers, so that a second curve of the same
+    colour in one panel (random pruning ablated, beside random itself) reads apart.
+    """
     x = np.array([e["density_target"] for e in entries]) * 100.0
     mean = np.array([e["test_accuracy_mean"] for e in entries]) * 100.0
     std = np.array([e["test_accuracy_std"] for e in entries]) * 100.0
@@ -461,7 +475,9 @@ def _draw_series(ax, entries: Sequence[Mapping], method: str, *, faint: bool, la
         mean,
         color=color,
         marker=_method_marker(method),
-        markersize=4,
+        markersize=5 if variant else 4,
+        markerfacecolor="white" if variant else color,
+        linestyle=":" if variant else "-",
         linewidth=1.5,
         label=label,
         zorder=3,
@@ -487,8 +503,10 @@ def plot_accuracy(
     The x axis is logarithmic and decreasing (100% at the left), as in Frankle et al. (2021).
     Each method is one line of its fixed colour with markers at the densities of the sweep and a
     shaded band of ± one std over seeds. The dense network is a dashed horizontal line with its
-    band; random pruning is drawn in grey in every panel. In an ablation's panel the un-ablated
-    curve of every ablated method is repeated, faint and dashed. One legend serves all panels.
+    band; random pruning is drawn in grey in every panel, and in an ablation's panel random
+    pruning with that ablation is drawn dotted with open markers beside it. In an ablation's
+    panel the un-ablated curve of every ablated method is repeated, faint and dashed. One legend
+    serves all panels.
 
     Args:
         aggregated: groups as `aggregate` returns them; may hold several (dataset, model)
@@ -556,7 +574,8 @@ def plot_accuracy(
                 # Random's un-ablated curve is already drawn in full as the reference.
                 if (method, rewind) in baseline and method != "random":
                     _draw_series(ax, baseline[(method, rewind)], method, faint=True, label=None)
-            _draw_series(ax, entries, method, faint=False, label=label)
+            variant = method == "random" and ablation != "none"
+            _draw_series(ax, entries, method, faint=False, label=label, variant=variant)
         for line in ax.get_lines():
             if line.get_label() and not line.get_label().startswith("_"):
                 handles.setdefault(line.get_label(), line)
