@@ -366,6 +366,29 @@ def test_one_figure_per_dataset_model_and_prune_step(tmp_path):
     ]
 
 
+def test_a_results_csv_without_its_run_directories_still_gets_figures_and_one_warning(
+    tmp_path, caplog
+):
+    # A results.csv copied away from its sweep: the accuracy figure and the tables only.
+    rows = [_row("dense", "none", 1.0, s, prune_step="") for s in SEEDS]
+    rows += [_row("snip", "none", d, s) for d in DENSITIES for s in SEEDS]
+    _write_csv(tmp_path / "results.csv", rows)
+    with caplog.at_level("WARNING"):
+        written = report.make_report(str(tmp_path), formats="png")
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == [
+        "accuracy-fashion_mnist-lenet_300_100.png",
+        "layer_densities.csv",
+        "summary.csv",
+        "summary.md",
+    ]
+    warnings = [r.getMessage() for r in caplog.records if "results.json" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("cannot read the results.json of 12 of 12 runs")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert summary.count("`runs/snip-none-") == 9
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [

@@ -763,14 +763,27 @@ def _save(fig: Figure, stem: str, formats: Sequence[str]) -> list[str]:
     return written
 
 
-def _read_run(sweep_dir: str, run_dir: str) -> dict | None:
-    path = os.path.join(sweep_dir, run_dir, "results.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        logging.warning("cannot read %s: %s", path, error)
-        return None
+def _read_runs(sweep_dir: str, run_dirs: Iterable[str]) -> dict[str, dict | None]:
+    """The results.json of each run, None where it cannot be read (one warning for all)."""
+    runs: dict[str, dict | None] = {}
+    errors = []
+    for run_dir in run_dirs:
+        path = os.path.join(sweep_dir, run_dir, "results.json")
+        try:
+            with open(path) as f:
+                runs[run_dir] = json.load(f)
+        except (OSError, ValueError) as error:
+            runs[run_dir] = None
+            errors.append(f"{path}: {error}")
+    if errors:
+        logging.warning(
+            "cannot read the results.json of %d of %d runs (the first: %s); the per-layer "
+            "figures and the layer-collapse list leave them out",
+            len(errors),
+            len(runs),
+            errors[0],
+        )
+    return runs
 
 
 def write_summary(
@@ -1032,7 +1045,7 @@ def make_report(
     if not os.access(output_dir, os.W_OK):
         raise OutputError(f"the output directory {output_dir!r} is not writable")
     aggregated = aggregate(rows)
-    runs = {r["run_dir"]: _read_run(sweep_dir, r["run_dir"]) for r in rows if r.get("run_dir")}
+    runs = _read_runs(sweep_dir, dict.fromkeys(r["run_dir"] for r in rows if r.get("run_dir")))
     unreadable = [run_dir for run_dir, results in runs.items() if results is None]
     collapsed = {
         run_dir: list(results["collapsed_layers"])
