@@ -265,6 +265,15 @@ def test_ablated_random_pruning_is_drawn_apart_from_random_pruning():
     assert legend["random"].get_linestyle() == "-"
 
 
+@pytest.mark.parametrize("seeds, has_spread", [((0,), False), ((0, 1), True)])
+def test_the_legend_names_a_spread_only_when_a_group_has_several_seeds(seeds, has_spread):
+    rows = [_row("snip", "none", d, s, rewind_step=None) for d in DENSITIES for s in seeds]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert ("± std over seeds" in legend) == has_spread
+    assert "snip" in legend
+
+
 def test_method_colours_are_fixed():
     assert report.method_color("snip") == report.method_color("snip") == "#ff7f0e"
     assert report.method_color("random") == "#7f7f7f"

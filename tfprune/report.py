@@ -599,11 +599,13 @@ def plot_accuracy(
         handles["un-ablated (for comparison)"] = Line2D(
             [], [], color="grey", linestyle="--", alpha=0.6
         )
-    if len(set(all_densities)) == 1:
-        spread = Line2D([], [], color="grey", marker="|", markersize=10, linestyle="none")
-    else:
-        spread = Patch(color="grey", alpha=0.25)
-    handles.setdefault("± std over seeds", spread)
+    # With one seed per group there is no spread to show, and no legend entry for it.
+    if any(r["n"] > 1 for r in rows):
+        if len(set(all_densities)) == 1:
+            spread = Line2D([], [], color="grey", marker="|", markersize=10, linestyle="none")
+        else:
+            spread = Patch(color="grey", alpha=0.25)
+        handles.setdefault("± std over seeds", spread)
     fig.legend(
         list(handles.values()),
         list(handles),
