@@ -8,7 +8,7 @@
 #      lottery-ticket rewinding (k = 0) with none/shuffle/reinit, the dense reference;
 #      densities 0.8^5, 0.8^10, 0.8^16, 0.8^22; seeds 0, 1, 2; 5 epochs per training (the
 #      paper trains 40, our default experiment 10: this grid trades length for coverage).
-# conv (about four hours on 2 cores): the same comparison on a convolutional network,
+# conv (four to five hours on 2 cores): the same comparison on a convolutional network,
 #      ResNet-20 on a short schedule (see gin_configs/experiments/fashion_mnist_resnet20_short.gin),
 #      densities 0.8^5, 0.8^10, 0.8^16, seed 0; plus seeds 1 and 2 at 0.8^10 (ablations none and
 #      shuffle) and at 0.8^16 (no ablation) to measure the spread between seeds.
