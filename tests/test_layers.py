@@ -509,3 +509,51 @@ def test_stock_model_snip_fit_save(tmp_path):
     np.testing.assert_array_equal(
         loaded(x[:5], training=False).numpy(), model(x[:5], training=False).numpy()
     )
+
+
+def _two_branches_with_same_names(rng: np.random.Generator) -> keras.Model:
+    """Two nested models, each holding a Dense `fc` and a BatchNormalization `bn`, with
+    different weights: a copy that looks layers up by name gives one branch the other's (or
+    fresh) weights."""
+
+    def branch(name: str) -> keras.Model:
+        inputs = keras.Input((4,))
+        h = keras.layers.Dense(3, name="fc")(inputs)
+        h = keras.layers.BatchNormalization(name="bn")(h)
+        return keras.Model(inputs, h, name=name)
+
+    inputs = keras.Input((4,))
+    left, right = branch("left"), branch("right")
+    outputs = keras.layers.Concatenate(name="cat")([left(inputs), right(inputs)])
+    model = keras.Model(inputs, outputs)
+    for weight in model.weights:
+        low = 0.5 if "variance" in weight.name else -1.0
+        weight.assign(rng.uniform(low, 2.0, size=tuple(weight.shape)).astype("float32"))
+    return model
+
+
+def _sublayer_weights(model: keras.Model) -> list[tuple[str, str, str, np.ndarray]]:
+    """(branch, layer, weight name, value) of every weight, read through the model objects."""
+    return [
+        (branch.name, layer.name, weight.name, keras.ops.convert_to_numpy(weight))
+        for branch in model.layers
+        if isinstance(branch, keras.Model)
+        for layer in branch.layers
+        for weight in layer.weights
+        if weight.name != "mask"
+    ]
+
+
+@pytest.mark.parametrize("convert", ["masked", "strip"])
+def test_nested_models_with_repeated_layer_names_keep_their_own_weights(convert):
+    original = _two_branches_with_same_names(np.random.default_rng(5))
+    converted = tfprune.masked(original)
+    if convert == "strip":
+        converted = tfprune.strip(converted)
+    expected, got = _sublayer_weights(original), _sublayer_weights(converted)
+    assert [item[:3] for item in got] == [item[:3] for item in expected]
+    assert len(got) == 12  # per branch: fc kernel and bias, bn gamma, beta, mean, variance
+    for (branch, layer, name, want), (*_, value) in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(value, want, err_msg=f"{branch}/{layer}/{name}")
+    # The two branches really differ, so a cross-copy could not pass the check above.
+    assert not np.array_equal(expected[2][3], expected[8][3])

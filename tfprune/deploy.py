@@ -27,7 +27,15 @@ from keras.src.models.functional import Functional
 
 from tfprune._io import atomic_path, make_temp_dir, write_text
 from tfprune.errors import ConfigError, ModelError, OutputError
-from tfprune.layers import _CONV_KEYS, _DENSE_KEYS, MASKED_LAYERS, MaskedConv2D, MaskedDense
+from tfprune.layers import (
+    _CONV_KEYS,
+    _DENSE_KEYS,
+    MASKED_LAYERS,
+    MaskedConv2D,
+    MaskedDense,
+    clone_and_copy,
+    copy_layer_weights,
+)
 
 FORMATS = ("keras", "saved_model", "tflite")
 #: Name of the SavedModel signature, of its single input and of its single output.
@@ -212,11 +220,21 @@ def _strip(model: keras.Model, apply_masks: bool) -> keras.Model:
             "export accepts functional or Sequential Keras models; rebuild a subclassed model "
             "functionally first"
         )
-    if not model.built:
-        raise ModelError("the model is not built: give it an Input or call it once first")
-    clone = keras.models.clone_model(model, clone_function=_stock_twin, recursive=True)
-    _copy_weights(model, clone, apply_masks)
-    return clone
+
+    def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+        if not isinstance(old, MASKED_LAYERS):
+            copy_layer_weights(old, new)
+            return
+        kernel = keras.ops.convert_to_numpy(old.kernel)
+        if apply_masks:
+            # np.where, not kernel * mask: a negative weight times 0 would be -0.0.
+            mask = keras.ops.convert_to_numpy(old.mask)
+            kernel = np.where(mask != 0, kernel, np.zeros_like(kernel))
+        new.kernel.assign(kernel)
+        if old.bias is not None:
+            new.bias.assign(old.bias)
+
+    return clone_and_copy(model, _stock_twin, copy)
 
 
 def _stock_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -229,30 +247,6 @@ def _stock_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
         return layer.__class__.from_config(layer.get_config())
     config = layer.get_config()
     return cls(**{key: config[key] for key in keys if key in config})
-
-
-def _copy_weights(source: keras.layers.Layer, target: keras.layers.Layer, apply_masks) -> None:
-    """Copies weights layer by layer, walking both models in parallel (names may repeat
-    across nested models, so they are not looked up by name)."""
-    for old, new in zip(source.layers, target.layers, strict=True):
-        if isinstance(old, keras.layers.InputLayer):
-            continue  # no weights, and a nested model's input may be renamed by the clone
-        if old.name != new.name:
-            raise ModelError(f"cannot strip: layer {old.name!r} was cloned as {new.name!r}")
-        if isinstance(old, keras.Model):
-            _copy_weights(old, new, apply_masks)
-        elif isinstance(old, MASKED_LAYERS):
-            kernel = keras.ops.convert_to_numpy(old.kernel)
-            if apply_masks:
-                # np.where, not kernel * mask: a negative weight times 0 would be -0.0.
-                mask = keras.ops.convert_to_numpy(old.mask)
-                kernel = np.where(mask != 0, kernel, np.zeros_like(kernel))
-            new.kernel.assign(kernel)
-            if old.bias is not None:
-                new.bias.assign(old.bias)
-        else:
-            for dst, src in zip(new.weights, old.weights, strict=True):
-                dst.assign(src)
 
 
 def _check_format(format: str, path: str, sparsity: bool) -> None:

@@ -8,6 +8,7 @@ gradient from the loss, and the mask is saved and restored with the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import keras
@@ -361,31 +362,84 @@ def masked(model: keras.Model) -> keras.Model:
             "tfprune.masked accepts functional or Sequential Keras models; for a subclassed "
             "model, use MaskedDense/MaskedConv2D in its definition"
         )
+    return clone_and_copy(model, _masked_twin, _copy_into_masked)
+
+
+def clone_and_copy(
+    model: keras.Model,
+    twin: Callable[[keras.layers.Layer], keras.layers.Layer],
+    copy: Callable[[keras.layers.Layer, keras.layers.Layer], None],
+) -> keras.Model:
+    """Clones a functional or Sequential model layer by layer, then copies each layer's weights.
+
+    `keras.models.clone_model` calls `twin` once for every layer object (nested functional and
+    Sequential models are walked into; a layer shared between places is cloned once), so each
+    clone is paired with the very layer it was made from, never looked up by name: nested
+    models may hold layers of the same name.
+
+    Args:
+        model: A built functional or Sequential model.
+        twin: Makes the clone of one layer.
+        copy: `copy(original, clone)` sets the clone's weights from the original's.
+
+    Returns:
+        The clone, holding the original's weights as `copy` set them.
+
+    Raises:
+        ModelError: if the model is not built, or if a weight of `model` found no layer to go
+            to (which would leave a freshly initialized weight in the clone).
+    """
     if not model.built:
         raise ModelError("the model is not built: give it an Input or call it once first")
-    clone = keras.models.clone_model(model, clone_function=_masked_twin, recursive=True)
-    _copy_weights(model, clone)
+    pairs = []
+
+    def clone_function(layer):
+        clone = twin(layer)
+        pairs.append((layer, clone))
+        return clone
+
+    clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    copied = set()
+    for old, new in pairs:
+        copy(old, new)
+        copied.update(id(weight) for weight in old.weights)
+    missed = [weight.path for weight in model.weights if id(weight) not in copied]
+    if missed:
+        raise ModelError(
+            f"cannot clone {model.name!r}: {len(missed)} weights, the first {missed[0]!r}, "
+            "belong to no layer the clone was built from"
+        )
     return clone
 
 
-def _copy_weights(source: keras.layers.Layer, target: keras.layers.Layer) -> None:
-    """Copies every weighted layer's weights to the same-named layer of `target`."""
-    targets = {
-        layer.name: layer
-        for layer in target._flatten_layers(include_self=False, recursive=True)
-        if not isinstance(layer, keras.Model)
-    }
-    for old in source._flatten_layers(include_self=False, recursive=True):
-        if isinstance(old, keras.Model) or not old.weights:
-            continue
-        new = targets[old.name]
-        if isinstance(new, MASKED_LAYERS):
-            new.kernel.assign(old.kernel)
-            if new.bias is not None:
-                new.bias.assign(old.bias)
-        else:
-            for dst, src in zip(new.weights, old.weights, strict=True):
-                dst.assign(src)
+def copy_layer_weights(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    """Gives `new`, a layer of the same kind and configuration, every weight of `old`.
+
+    Raises:
+        ModelError: if the two layers' weights differ in number, name or shape.
+    """
+    if len(old.weights) != len(new.weights):
+        raise ModelError(
+            f"layer {old.name!r} has {len(old.weights)} weights but its clone {len(new.weights)}"
+        )
+    for src, dst in zip(old.weights, new.weights, strict=True):
+        if src.name != dst.name or tuple(src.shape) != tuple(dst.shape):
+            raise ModelError(
+                f"layer {old.name!r}: weight {src.path!r} {tuple(src.shape)} does not match its "
+                f"clone's {dst.path!r} {tuple(dst.shape)}"
+            )
+        dst.assign(src)
+
+
+def _copy_into_masked(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    """Copies a stock layer into its masked twin (kernel and bias; the mask stays one), and any
+    other layer into its copy."""
+    if isinstance(new, MASKED_LAYERS) and not isinstance(old, MASKED_LAYERS):
+        new.kernel.assign(old.kernel)
+        if new.bias is not None:
+            new.bias.assign(old.bias)
+    else:
+        copy_layer_weights(old, new)
 
 
 def _pair(value, what: str) -> tuple[int, int]:
