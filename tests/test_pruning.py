@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfprune
+from tfprune import streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import MaskedConv2D, MaskedDense, prunable_weights
 from tfprune.pruning import api, collapsed_layers
@@ -260,7 +261,7 @@ def test_random_scores_are_seeded_uniform():
     first = tfprune.score(model, "random", seed=7)
     again = tfprune.score(model, "random", seed=7)
     other = tfprune.score(model, "random", seed=8)
-    rng = np.random.default_rng(7)
+    rng = streams.generator(7, "scores")
     for path, weight in prunable_weights(model).items():
         np.testing.assert_array_equal(first[path], again[path])
         assert not np.allclose(first[path], other[path])

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tfprune import streams
 from tfprune.errors import ConfigError, DataError
 
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -657,11 +658,6 @@ class _Preprocess:
         return self.finish(image)
 
 
-def _epoch_key(seed: int, epoch: int) -> int:
-    """A 31-bit key that is a pure function of (seed, epoch)."""
-    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0] >> 1)
-
-
 def _in_memory_examples(
     split: _Split,
     order: np.ndarray,
@@ -785,15 +781,16 @@ def train_dataset(
             f"skip_batches={skip_batches} is past the end of an epoch of "
             f"{math.ceil(n / batch_size)} batches: resume from a step inside the epoch"
         )
-    key = _epoch_key(seed, epoch)
+    key = streams.key31(seed, "augmentation", epoch)
     augmenting = augment and source.recipe.augment != "none"
     skip = skip_batches * batch_size
     if source.in_memory:
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = streams.generator(seed, "data_order", epoch).permutation(n)
         return _in_memory_examples(
             source.split("train"), order, batch_size, skip, prep, key if augmenting else None
         )
-    ds = source.stream("train", shuffle_key=key, limit=limit).enumerate().skip(skip)
+    shuffle_key = streams.key31(seed, "data_order", epoch)
+    ds = source.stream("train", shuffle_key=shuffle_key, limit=limit).enumerate().skip(skip)
     tf_key = tf.constant(key, tf.int64)
     ds = ds.map(
         lambda p, xy: (
@@ -879,7 +876,7 @@ def pruning_data(
     source = _source(name, data_dir)
     prep = _Preprocess(source.recipe, source.name, normalize)
     num_classes = source.info().num_classes
-    rng = np.random.default_rng([seed, 2])
+    rng = streams.generator(seed, "pruning_data")
     if source.in_memory:
         split = source.split("train")
         counts = np.bincount(split.labels, minlength=num_classes)

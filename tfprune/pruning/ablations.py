@@ -13,12 +13,10 @@ import keras
 import numpy as np
 from absl import logging
 
+from tfprune import streams
 from tfprune.errors import ConfigError
 
 ABLATIONS = ("shuffle", "reinit", "invert")
-# Separate random streams per purpose, so that an ablation never reuses another's draws.
-SHUFFLE_STREAM = 1
-REINIT_STREAM = 2
 # (variable attribute, initializer attribute) pairs of the stock and masked layers.
 _INITIALIZED = (
     ("kernel", "kernel_initializer"),
@@ -74,7 +72,7 @@ def shuffle_masks(masks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarr
 
     >>> shuffled = shuffle_masks({"k": np.array([1.0, 1.0, 0.0, 0.0])}, seed=0)
     """
-    rng = np.random.default_rng([seed, SHUFFLE_STREAM])
+    rng = streams.generator(seed, "shuffle")
     return {
         path: rng.permutation(mask.ravel()).reshape(mask.shape).astype(np.float32)
         for path, mask in masks.items()
@@ -94,7 +92,7 @@ def reinitialize(model: keras.Model, seed: int) -> list[str]:
     Returns:
         The paths of the variables that were redrawn.
     """
-    rng = np.random.default_rng([seed, REINIT_STREAM])
+    rng = streams.generator(seed, "reinit")
     redrawn, handled = [], set()
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for variable_name, initializer_name in _INITIALIZED:

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from tfprune import streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import prunable_weights
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
@@ -36,9 +37,6 @@ from tfprune.pruning.selection import (
     select,
     select_counts,
 )
-
-# The random stream that places the weights of the layerwise baselines.
-POSITION_STREAM = 3
 
 
 def method_names() -> list[str]:
@@ -114,7 +112,7 @@ def score(
     scorer = get_scorer(method, **options)
     weights = _weights(model)
     batches = _batches_for(scorer, model, data, batch_size)
-    scores = scorer(model, weights, batches, np.random.default_rng(_check_seed(seed)))
+    scores = scorer(model, weights, batches, streams.generator(_check_seed(seed), "scores"))
     return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
 
 
@@ -295,7 +293,7 @@ def _prune_scored(
     scorer = get_scorer(method, **options)
     rounds = _check_rounds(scorer.default_rounds if rounds is None else rounds)
     batches = _batches_for(scorer, model, data, batch_size)
-    rng = np.random.default_rng(seed)
+    rng = streams.generator(seed, "scores")
     original = masks = get_masks(model)
     scores = {}
     try:
@@ -351,7 +349,7 @@ def _prune_layerwise(
         assign_masks(model, original)
     floors = layer_floors(get_masks(model), min_layer_density)
     counts = {path: max(count, floors[path]) for path, count in counts.items()}
-    rng = np.random.default_rng([seed, POSITION_STREAM])
+    rng = streams.generator(seed, "positions")
     current = get_masks(model)
     scores = random_positions(current, rng)
     masks = select_counts(scores, current, counts)
