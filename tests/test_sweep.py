@@ -170,7 +170,7 @@ def test_cells_skip_what_cannot_run_and_run_dense_once_per_seed():
     assert len({cell_name(c) for c in grid}) == len(grid)
     assert sorted(skipped) == [
         "lottery at density 1 is the dense network",
-        "lottery reaches no density 0.1",
+        "lottery at rate 0.2 reaches no density 0.1",
         "lottery takes no invert ablation",
         "magnitude_after_training takes no invert ablation",
     ]
@@ -345,3 +345,22 @@ def test_concurrent_shards_fill_one_results_csv_without_duplicates(tmp_path):
     with open(out / "results.csv", newline="") as f:
         table = list(csv.reader(f))
     assert len(table) == 5 and all(len(line) == len(COLUMNS) for line in table)
+
+
+def test_sweep_plans_lottery_levels_with_the_configured_rate(tmp_path):
+    """The lottery densities come from experiment.lottery_rate, not from the default 0.2."""
+    out = tmp_path / "sweep"
+    result = _sweep(
+        *TINY,
+        "--gin_bindings=experiment.lottery_rate = 0.5",
+        "--methods=lottery",
+        "--densities=0.5,0.8",
+        f"--output_dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped: lottery at rate 0.5 reaches no density 0.8" in result.stderr
+    assert "1/1 cells done, 0 failed" in result.stdout
+    (row,) = read_rows(str(out / "results.csv"))
+    assert (row["method"], row["run_dir"]) == ("lottery", "runs/lottery-none-d0.5-s0")
+    # Level 1 at rate 0.5 keeps exactly half of the weights.
+    assert float(row["density_actual"]) == round(0.5 * N) / N

@@ -39,8 +39,8 @@ from absl import app, flags, logging
 
 from tfprune._io import write_text
 from tfprune.after_training import ABLATIONS as AFTER_ABLATIONS
+from tfprune.after_training import DEFAULT_RATE, lottery_level
 from tfprune.after_training import METHODS as AFTER_METHODS
-from tfprune.after_training import lottery_level
 from tfprune.cli import (
     GIN_BINDINGS,
     GIN_FILES,
@@ -158,15 +158,21 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def cells(methods, densities, ablation_sets, seeds) -> tuple[list[dict], list[str]]:
-    """The grid's cells, in a fixed order, and the combinations skipped (with the reason)."""
+def cells(
+    methods, densities, ablation_sets, seeds, lottery_rate: float = DEFAULT_RATE
+) -> tuple[list[dict], list[str]]:
+    """The grid's cells, in a fixed order, and the combinations skipped (with the reason).
+
+    `lottery_rate` is the configuration's `experiment.lottery_rate`: the lottery reaches the
+    densities (1 - rate)^n only.
+    """
     grid, skipped = [], []
     for method, seed in itertools.product(methods, seeds):
         if method == "dense":
             grid.append({"method": method, "density": 1.0, "ablations": (), "seed": seed})
             continue
         for density, ablations in itertools.product(densities, ablation_sets):
-            reason = _skip_reason(method, density, ablations)
+            reason = _skip_reason(method, density, ablations, lottery_rate)
             if reason:
                 skipped.append(reason)
                 continue
@@ -177,17 +183,17 @@ def cells(methods, densities, ablation_sets, seeds) -> tuple[list[dict], list[st
     return grid, list(dict.fromkeys(skipped))
 
 
-def _skip_reason(method, density, ablations) -> str | None:
+def _skip_reason(method, density, ablations, lottery_rate) -> str | None:
     if method in AFTER_METHODS:
         extra = [a for a in ablations if a not in AFTER_ABLATIONS]
         if extra:
             return f"{method} takes no {'+'.join(extra)} ablation"
         if method == "lottery":
             try:
-                if lottery_level(density) == 0:
+                if lottery_level(density, lottery_rate) == 0:
                     return "lottery at density 1 is the dense network"
             except ConfigError:
-                return f"lottery reaches no density {density:.6g}"
+                return f"lottery at rate {lottery_rate:g} reaches no density {density:.6g}"
     return None
 
 
@@ -341,16 +347,21 @@ class Sweep:
         return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
 
 
-def check_cells(gin_files, gin_bindings, grid) -> None:
-    """Raises the error the first failing cell of `grid` would end with, before any runs.
-
-    The gin files and bindings are parsed here as `tfprune.train` parses them; each cell's
-    settings are then checked as `tfprune.experiment.run` checks them.
-    """
+def base_configuration(gin_files, gin_bindings):
+    """The sweep's base configuration, parsed from its gin files and bindings as
+    `tfprune.train` parses them: `(experiment, ablations switched on by the files, training)`."""
     parse_gin(gin_files, gin_bindings)
     base = experiment_configurable()
     switched = set(check_ablations(base.ablations)) | set(ablations_configurable())
-    training = training_configurable()
+    return base, switched, training_configurable()
+
+
+def check_cells(base, switched, training, grid) -> None:
+    """Raises the error the first failing cell of `grid` would end with, before any runs.
+
+    Each cell's settings, applied to the base configuration (`base_configuration`), are
+    checked as `tfprune.experiment.run` checks them.
+    """
     for cell in grid:
         experiment = dataclasses.replace(
             base,
@@ -394,11 +405,13 @@ def main(argv):
             raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
         index, count = parse_shard(SHARD.value)
         methods = parse_methods(METHODS.value)
+        base, switched, training = base_configuration(GIN_FILES.value, GIN_BINDINGS.value)
         grid, skipped = cells(
             methods,
             parse_densities(DENSITIES.value),
             parse_ablation_sets(ABLATION_SETS.value),
             parse_seeds(SEEDS.value),
+            lottery_rate=base.lottery_rate,
         )
         for reason in skipped:
             logging.info("skipped: %s", reason)
@@ -407,7 +420,7 @@ def main(argv):
             raise ConfigError(
                 f"--shard={SHARD.value} holds no cell of the grid's {len(grid)}: use fewer shards"
             )
-        check_cells(GIN_FILES.value, GIN_BINDINGS.value, shard)
+        check_cells(base, switched, training, shard)
         prepare_sweep_dir(OUTPUT_DIR.value)
         sweep = Sweep(OUTPUT_DIR.value, GIN_FILES.value, GIN_BINDINGS.value, shard, JOBS.value)
     except TfpruneError as error:
