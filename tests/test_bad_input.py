@@ -240,6 +240,20 @@ CLI_CASES = [
         [SNIP, "--methods=snip", "--output_dir={tmp}/a_file"],
         ["--output_dir {tmp}/a_file exists and is not a directory"],
     ),
+    (
+        "sweep-after-training-multi-worker",
+        "sweep",
+        [
+            *TINY_SWEEP,
+            "--methods=snip,magnitude_after_training",
+            "--densities=0.1",
+            "--gin_bindings=experiment.strategy = 'multi_worker_mirrored'",
+        ],
+        [
+            "cell magnitude_after_training-none-d0.1-s0: magnitude_after_training shares runs "
+            "between experiments, which multi_worker_mirrored does not support"
+        ],
+    ),
     ("report-empty-dir", "report", ["{tmp}/unfinished"], ["results.csv' does not exist"]),
     (
         "export-unfinished-run",
@@ -540,6 +554,12 @@ TRAIN = TrainConfig(steps="1it", progress=False)
             TRAIN,
             DataError,
             ["100000 pruning examples", "60000"],
+        ),
+        (
+            Experiment(method="lottery", density=0.8, strategy="multi_worker_mirrored"),
+            TRAIN,
+            ConfigError,
+            ["lottery shares runs between experiments, which multi_worker_mirrored"],
         ),
         (Experiment(), TrainConfig(batch_size=0), ConfigError, ["batch_size", "got 0"]),
         (Experiment(), TrainConfig(epochs=-1), ConfigError, ["training.epochs", "got -1"]),

@@ -155,6 +155,11 @@ class Experiment:
             raise ConfigError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
             )
+        if self.strategy == "multi_worker_mirrored" and after:
+            raise ConfigError(
+                f"{self.method} shares runs between experiments, which multi_worker_mirrored "
+                "does not support; use strategy 'mirrored' (several devices of one machine)"
+            )
         for name in ("seed", "rounds", "examples_per_class", "train_limit", "test_limit"):
             value = getattr(self, name)
             optional = name in ("rounds", "train_limit", "test_limit")
@@ -223,13 +228,6 @@ def run(
     _validate(experiment, training)
     output_dir = output_dir or default_output_dir(experiment, training)
     config = config_dict(experiment, training)
-    if experiment.strategy == "multi_worker_mirrored" and experiment.method in (
-        after_training.METHODS
-    ):
-        raise ConfigError(
-            f"{experiment.method} shares runs between experiments, which multi_worker_mirrored "
-            "does not support; use strategy 'mirrored' (several devices of one machine)"
-        )
     # Created first: multi_worker_mirrored must exist before TensorFlow runs an op.
     strategy = make_strategy(experiment.strategy)
     ctx = _context(experiment, training, strategy)
