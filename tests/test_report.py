@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import _procs
 import numpy as np
 import pytest
+from matplotlib import colors as matplotlib_colors
 from matplotlib.collections import PolyCollection
 
 from tfprune import report
@@ -274,8 +275,92 @@ def test_the_legend_names_a_spread_only_when_a_group_has_several_seeds(seeds, ha
     assert "snip" in legend
 
 
+def test_density_ticks_share_one_format():
+    rows = [_row("dense", "none", 1.0, s, prune_step=None, rewind_step=None) for s in SEEDS]
+    rows += [
+        _row("snip", "none", d, s, rewind_step=None) for d in (0.1, 0.02, 0.8**12) for s in SEEDS
+    ]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    # The old labels were "100", "10.0", "2.00": three formats on one axis.
+    assert ticks == ["100", "10", "6.87", "2"]
+    assert report.format_density_label(0.018) == "1.8"
+    assert report.format_density_label(0.8**25) == "0.378"
+    assert report.format_density_label(1e-7) == "0.00001"
+
+
+def _legend_inside(fig):
+    legend = fig.legends[0]
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    return box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y0 >= 0
+
+
+@pytest.mark.parametrize("ablations", [("none",), ("none", "shuffle")])
+def test_the_legend_fits_in_the_figure_with_the_dense_reference_first(ablations):
+    methods = ("random", "magnitude", "snip", "grasp", "synflow", "ratio_of:snip")
+    rows = [_row("dense", "none", 1.0, s, prune_step=None, rewind_step=None) for s in SEEDS]
+    rows += [
+        _row(m, a, d, s, rewind_step=None)
+        for m in methods
+        for a in ablations
+        for d in DENSITIES
+        for s in SEEDS
+    ]
+    rows += [
+        _row(m, "none", d, s, prune_step=None, rewind_step=0)
+        for m in ("lottery_oneshot", "magnitude_after_training")
+        for d in DENSITIES
+        for s in SEEDS
+    ]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "dense" and legend[-1] == "± std over seeds"
+    assert len(fig.legends) == 1
+    # Five columns of these names are wider than one or two panels: cut at both edges.
+    assert _legend_inside(fig)
+
+
+def test_accuracy_limits_by_hand():
+    # 0.9 points apart: widened to 5 about the middle (54.95-59.95), then 5% padding.
+    assert report.accuracy_limits(57.0, 57.9) == pytest.approx((54.7, 60.2))
+    # Wide ranges are only padded: 10-80 gets 3.5 points each side.
+    assert report.accuracy_limits(10.0, 80.0) == pytest.approx((6.5, 83.5))
+    # The widening stops at 0 and 100: 97-99 becomes 95-100, 0-1 becomes 0-5.
+    assert report.accuracy_limits(97.0, 99.0) == pytest.approx((94.75, 100.25))
+    assert report.accuracy_limits(0.0, 1.0) == pytest.approx((-0.25, 5.25))
+
+
+def test_one_density_one_seed_keeps_a_few_points_of_y_range_and_says_n_is_1():
+    rows = [
+        _row("snip", "none", 0.01, 0, rewind_step=None, test_accuracy=0.570),
+        _row("synflow", "none", 0.01, 0, rewind_step=None, test_accuracy=0.579),
+    ]
+    fig = report.plot_accuracy(report.aggregate(rows))
+    # The old axis autoscaled to about 56.96-57.94: a 0.9 point gap filled the panel.
+    assert fig.axes[0].get_ylim() == pytest.approx((54.7, 60.2))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["snip", "synflow", "n = 1 seed: no spread shown"]
+    assert _legend_inside(fig)
+    # With the dense reference (86.1%), the range reaches it: 57.0 to 86.1, padded by 1.455.
+    rows.append(
+        _row("dense", "none", 1.0, 0, prune_step=None, rewind_step=None, test_accuracy=0.861)
+    )
+    fig = report.plot_accuracy(report.aggregate(rows))
+    assert fig.axes[0].get_ylim() == pytest.approx((55.545, 87.555))
+    assert [t.get_text() for t in fig.legends[0].get_texts()][0] == "dense"
+
+
+def test_a_grid_with_some_single_seed_groups_says_which_have_no_spread():
+    rows = [_row("snip", "none", d, s, rewind_step=None) for d in DENSITIES for s in SEEDS]
+    rows += [_row("synflow", "none", d, 0, rewind_step=None) for d in DENSITIES]
+    legend = [t.get_text() for t in report.plot_accuracy(report.aggregate(rows)).legends[0].texts]
+    assert legend == ["snip", "synflow", "± std over seeds", "n = 1 seed where no spread is drawn"]
+
+
 def test_method_colours_are_fixed():
-    assert report.method_color("snip") == report.method_color("snip") == "#ff7f0e"
+    assert report.method_color("snip") == report.method_color("snip") == "#e2700c"
     assert report.method_color("random") == "#7f7f7f"
     assert report.method_color("ratio_of:snip") not in report.METHOD_COLORS.values()
     assert report.method_color("something_new") == report.method_color("something_new")
@@ -291,12 +376,23 @@ def test_layer_density_figure_marks_collapsed_layers():
     assert ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2", "fc"]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["50.0%", "10.0%", "layer collapsed (0 kept)"]
+    assert labels == ["50%", "10%", "layer collapsed (0 kept)"]
     with pytest.raises(DataError):
         report.plot_layer_densities({}, method="snip")
 
 
-def test_layer_density_minor_ticks_read_as_plain_numbers():
+def _labelled_ticks(axis):
+    """(value, label) of the ticks of `axis` that are labelled and inside the axis limits."""
+    low, high = sorted(axis.get_view_interval())
+    ticks = []
+    for minor in (False, True):
+        values = axis.get_minorticklocs() if minor else axis.get_majorticklocs()
+        labels = axis.get_ticklabels(minor=minor)
+        ticks += [(v, t.get_text()) for v, t in zip(values, labels, strict=True) if t.get_text()]
+    return sorted((v, t) for v, t in ticks if low <= v <= high)
+
+
+def test_layer_density_ticks_are_plain_numbers_up_to_a_tick_above_every_point():
     densities = {
         0.3: {"net/fc1/kernel": 0.31, "net/fc2/kernel": 0.4, "net/fc/kernel": 0.7},
         0.01: {"net/fc1/kernel": 0.0025, "net/fc2/kernel": 0.036, "net/fc/kernel": 0.3},
@@ -304,10 +400,72 @@ def test_layer_density_minor_ticks_read_as_plain_numbers():
     fig = report.plot_layer_densities(densities, method="snip")
     fig.canvas.draw()
     ax = fig.axes[0]
-    minor = [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
-    # Percent axis from 0.25 to 70: 0.6 reads "0.6", never "6e-01".
-    assert "0.6" in minor and "6" in minor
-    assert not any("e" in label for label in minor)
+    # Percent axis for values from 0.25 to 70: 1-2-5 ticks from 0.2 up to 100, 0.5 never
+    # "5e-01"; the old axis labelled 60 last, below the point at 70.
+    labels = [label for _, label in _labelled_ticks(ax.yaxis)]
+    assert labels == ["0.2", "0.5", "1", "2", "5", "10", "20", "50", "100"]
+    highest = max(max(line.get_ydata()) for line in ax.get_lines())
+    assert highest == pytest.approx(70.0)
+    assert ax.get_ylim()[1] > 100.0
+
+
+@pytest.mark.parametrize("log_scale", [True, False])
+@pytest.mark.parametrize("top", [0.07, 0.7, 0.95, 1.0])
+def test_layer_density_axis_has_a_labelled_tick_at_or_above_the_highest_point(log_scale, top):
+    densities = {
+        0.5: {"net/fc1/kernel": top / 2, "net/fc2/kernel": top, "net/fc/kernel": top / 10},
+        0.02: {"net/fc1/kernel": 0.004, "net/fc2/kernel": 0.0, "net/fc/kernel": 0.006},
+    }
+    fig = report.plot_layer_densities(densities, method="snip", log_scale=log_scale)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    ticks = _labelled_ticks(ax.yaxis)
+    values = [y for line in ax.get_lines() for y in line.get_ydata()]
+    # Every point, the collapsed one included, lies within the labelled ticks' range.
+    assert max(values) == pytest.approx(100.0 * top)
+    assert ticks[-1][0] >= 100.0 * top and ticks[0][0] <= 0.4
+    assert not any("e" in label for _, label in ticks)
+
+
+def _contrast_with_white(color):
+    """WCAG 2.x contrast ratio of an sRGB colour against white, by the W3C formula."""
+    rgb = np.array(matplotlib_colors.to_rgb(color), dtype=np.float64)
+    linear = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return (1.0 + 0.05) / (luminance + 0.05)
+
+
+def test_contrast_formula_by_hand():
+    # White on white is 1, black on white 21; mid grey #777777 is WCAG's 4.48.
+    assert _contrast_with_white("white") == pytest.approx(1.0)
+    assert _contrast_with_white("black") == pytest.approx(21.0)
+    assert _contrast_with_white("#777777") == pytest.approx(4.48, abs=0.01)
+
+
+def test_every_line_colour_has_contrast_3_against_white(sweep):
+    """viridis ends in yellow (contrast 1.3) and tab10's orange, pink, cyan and olive fall
+    below 3: a line in those is hard to see on the white figure."""
+    groups = report.aggregate(report.load_results(str(sweep)))
+    extra = [
+        _row(m, "none", d, 0, prune_step=None, rewind_step=0)
+        for m in ("lottery_oneshot", "magnitude_after_training", "something_new")
+        for d in DENSITIES
+    ]
+    accuracy = report.plot_accuracy(groups + report.aggregate(extra))
+    layers = report.plot_layer_densities(
+        {0.8**k: {"net/fc1/kernel": 0.8**k, "net/fc/kernel": 0.9} for k in range(12)},
+        method="snip",
+    )
+    colours = {
+        line.get_color() for fig in (accuracy, layers) for ax in fig.axes for line in ax.get_lines()
+    }
+    legend = [t.get_text() for t in accuracy.legends[0].get_texts()]
+    assert {"lottery_oneshot (rewind 0it)", "magnitude_after_training (rewind 0it)"} <= set(legend)
+    assert len(colours) >= 20
+    methods = [*report.METHOD_COLORS, "ratio_of:snip", "something_new", "another_one"]
+    colours |= {report.method_color(m) for m in methods}
+    low = {str(c): round(_contrast_with_white(c), 2) for c in colours}
+    assert {c: r for c, r in low.items() if r < 3.0} == {}
 
 
 def test_summary_markdown_rows_and_pivot(sweep, written):

@@ -3,6 +3,7 @@
 import csv
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -14,9 +15,11 @@ import pytest
 from tfprune.errors import ConfigError
 from tfprune.sweep import (
     COLUMNS,
+    CellMonitor,
     append_row,
     cell_name,
     cells,
+    latest_progress,
     parse_ablation_sets,
     parse_densities,
     parse_methods,
@@ -24,6 +27,7 @@ from tfprune.sweep import (
     parse_shard,
     read_rows,
 )
+from tfprune.training import format_progress_line, parse_progress_line
 
 N = 266_200  # prunable weights of LeNet-300-100
 TINY = [
@@ -364,3 +368,80 @@ def test_sweep_plans_lottery_levels_with_the_configured_rate(tmp_path):
     assert (row["method"], row["run_dir"]) == ("lottery", "runs/lottery-none-d0.5-s0")
     # Level 1 at rate 0.5 keeps exactly half of the weights.
     assert float(row["density_actual"]) == round(0.5 * N) / N
+
+# --- progress of the running cells ------------------------------------------------------------
+
+
+def _progress_line(step, loss):
+    return format_progress_line(1, 2, step, 6, loss, 0.5, 0.1) + "\n"
+
+
+def test_latest_progress_reads_this_attempts_last_complete_line(tmp_path):
+    log = tmp_path / "cell.log"
+    log.write_text("I0101 starting\n" + _progress_line(6, 0.25) + "killed\n")
+    offset = os.path.getsize(log)
+    # Only the earlier attempt's line so far: nothing for this attempt.
+    assert latest_progress(str(log), offset) is None
+    assert latest_progress(str(log))["step"] == 6
+    with open(log, "a") as f:
+        f.write("I0101 resuming at iteration 2 of 6\n" + _progress_line(3, 0.5))
+        f.write("I0101 epoch 1 (iteration 3): train loss 0.5\n")
+        f.write(_progress_line(4, 0.4)[:30])  # a line still being written
+    progress = latest_progress(str(log), offset)
+    assert (progress["step"], progress["loss"], progress["epochs"]) == (3, 0.5, 2)
+    assert latest_progress(str(tmp_path / "missing.log")) is None
+
+
+def test_cell_monitor_names_the_running_cells_when_one_starts_and_every_interval(tmp_path, caplog):
+    now = [0.0]
+    monitor = CellMonitor(30.0, clock=lambda: now[0])
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+
+    def poll_at(t):
+        now[0] = t
+        caplog.clear()
+        monitor.poll()
+        return [r.getMessage() for r in caplog.records]
+
+    with caplog.at_level("INFO", logger="absl"):
+        assert poll_at(1.0) == []  # nothing running
+        monitor.started("a", str(logs["a"]))
+        assert poll_at(2.0) == ["running 1: a not training yet (0:00:01)"]
+        logs["a"].write_text(_progress_line(3, 0.5))
+        assert poll_at(20.0) == []  # 18 s after the last line, nothing new started
+        assert poll_at(32.5) == ["running 1: a epoch 1/2 iteration 3/6 loss 0.5000 (0:00:31)"]
+        now[0] = 40.0
+        monitor.started("b", str(logs["b"]))
+        assert poll_at(41.0) == [
+            "running 2: a epoch 1/2 iteration 3/6 loss 0.5000 (0:00:40); "
+            "b not training yet (0:00:01)"
+        ]
+        monitor.ended("a")
+        monitor.ended("b")
+        assert poll_at(100.0) == []
+
+
+def test_sweep_reports_the_progress_of_a_running_cell(tmp_path):
+    out = tmp_path / "sweep"
+    proc = _sweep(
+        "--gin_file=gin_configs/default.gin",
+        "--gin_bindings=training.steps = 40",
+        "--gin_bindings=experiment.train_limit = 2560",
+        "--gin_bindings=experiment.test_limit = 256",
+        "--methods=random",
+        "--densities=0.1",
+        f"--output_dir={out}",
+        "--status_seconds=0.3",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = [line for line in proc.stderr.splitlines() if "] running 1: " in line]
+    assert status, proc.stderr[-3000:]
+    # While the cell trains (20 iterations an epoch), its latest progress line is named.
+    trained = [line for line in status if "random-none-d0.1-s0 epoch " in line]
+    assert trained, status
+    assert re.search(r"random-none-d0\.1-s0 epoch [12]/2 iteration \d+/40 loss \d", trained[-1])
+    # The cell's log holds the training's plain progress lines, no progress bar.
+    log = (out / "logs" / "random-none-d0.1-s0.log").read_text()
+    assert not {"\x1b", "\r", "\x08"} & set(log)
+    assert [p["step"] for p in map(parse_progress_line, log.splitlines()) if p][-1] == 40
+    assert "1/1 cells done, 0 failed" in proc.stdout

@@ -1,8 +1,12 @@
 """Training: the optimizer, the schedule, checkpoints and resume (SPEC §5)."""
 
+import glob
+import io
 import json
 import os
+import subprocess
 
+import _procs
 import keras
 import numpy as np
 import pytest
@@ -11,7 +15,15 @@ import tensorflow as tf
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.layers import MaskedDense
 from tfprune.steps import to_iterations
-from tfprune.training import SGD, PiecewiseSchedule, TrainConfig, Trainer, checkpoints
+from tfprune.training import (
+    SGD,
+    PiecewiseSchedule,
+    ProgressDisplay,
+    TrainConfig,
+    Trainer,
+    checkpoints,
+    parse_progress_line,
+)
 
 
 def _apply(optimizer, variable, gradients):
@@ -227,3 +239,131 @@ def test_on_step_hook_runs_before_each_iteration_and_at_the_end(tmp_path):
     )
     trainer.run()
     assert seen == [0, 1, 2, 3, 4, 5, 6]
+
+
+# --- progress display and TensorBoard -----------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self, times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_plain_progress_lines_every_interval_and_at_each_epoch_end():
+    stream = io.StringIO()
+    clock = _Clock([0.0, 1.0, 2.0, 8.0, 9.0, 9.5])
+    progress = ProgressDisplay(6, 3, stream=stream, interval=5.0, clock=clock)
+    assert not progress.bar
+    progress.start_epoch(0, 0, 3)
+    progress.update(1, 0.69314, 0.5, 0.1)  # the first line: at once
+    progress.update(2, 0.6, 0.55, 0.1)  # 1 s later: skipped
+    progress.update(3, 0.5, 0.625, 0.1)  # the epoch's end: always
+    progress.start_epoch(1, 3, 6)
+    progress.update(4, 0.4, 0.7, 0.01)  # 6 s after the last line
+    progress.update(5, 0.3, 0.8, 0.01)  # 1 s later: skipped
+    progress.update(6, 0.25, 0.875, 0.001)
+    assert stream.getvalue() == (
+        "epoch 1/2 iteration 1/6 loss 0.6931 accuracy 0.5000 lr 0.1\n"
+        "epoch 1/2 iteration 3/6 loss 0.5000 accuracy 0.6250 lr 0.1\n"
+        "epoch 2/2 iteration 4/6 loss 0.4000 accuracy 0.7000 lr 0.01\n"
+        "epoch 2/2 iteration 6/6 loss 0.2500 accuracy 0.8750 lr 0.001\n"
+    )
+    assert parse_progress_line("epoch 2/2 iteration 4/6 loss 0.4000 accuracy 0.7000 lr 0.01") == {
+        "epoch": 2,
+        "epochs": 2,
+        "step": 4,
+        "total_steps": 6,
+        "loss": 0.4,
+        "accuracy": 0.7,
+        "lr": 0.01,
+    }
+    assert parse_progress_line("I0101 epoch 1 (iteration 3): train loss 0.5") is None
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_keeps_the_keras_bar(capsys):
+    terminal = _Terminal()
+    progress = ProgressDisplay(6, 3, stream=terminal)
+    assert progress.bar
+    progress.start_epoch(0, 0, 3)
+    progress.update(3, 0.5, 0.625, 0.1)
+    assert terminal.getvalue() == ""
+    out = capsys.readouterr().out
+    assert "3/3" in out and "loss: 0.5000" in out and "\x1b[" in out
+
+
+def test_disabled_progress_writes_nothing(capsys):
+    stream = io.StringIO()
+    progress = ProgressDisplay(6, 3, enabled=False, stream=stream)
+    progress.start_epoch(0, 0, 3)
+    progress.update(3, 0.5, 0.625, 0.1)
+    assert stream.getvalue() == "" and capsys.readouterr().out == ""
+
+
+def test_training_command_with_stdout_redirected_writes_plain_progress_lines(tmp_path):
+    """Keras' bar redraws itself with ANSI codes, carriage returns and backspaces, which a
+    file (a sweep's cell log) keeps as garbage."""
+    log = tmp_path / "stdout.txt"
+    with open(log, "w") as stdout:
+        proc = _procs.start(
+            "tfprune.train",
+            "--gin_file=gin_configs/default.gin",
+            "--gin_bindings=training.steps = 4",
+            "--gin_bindings=training.log_every_steps = 1",
+            "--gin_bindings=experiment.train_limit = 256",
+            "--gin_bindings=experiment.test_limit = 256",
+            f"--output_dir={tmp_path / 'run'}",
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    text = log.read_text()
+    assert not {"\x1b", "\r", "\x08"} & set(text)
+    lines = text.splitlines()
+    progress = [parse_progress_line(line) for line in lines[:-1]]
+    assert None not in progress and lines[-1].startswith("test_accuracy=")
+    # 256 examples in batches of 128: 2 iterations an epoch. Lines come at the first update
+    # and at each epoch's end, and in between only every PLAIN_PROGRESS_SECONDS.
+    steps = [p["step"] for p in progress]
+    assert {1, 2, 4} <= set(steps) and steps == sorted(set(steps))
+    assert all(p["epoch"] == (p["step"] + 1) // 2 and p["epochs"] == 2 for p in progress)
+    assert all(p["total_steps"] == 4 and p["lr"] == 0.1 for p in progress)
+    assert all(0 <= p["accuracy"] <= 1 and p["loss"] > 0 for p in progress)
+
+
+def _tensorboard_scalars(log_dir):
+    """{(tag, step): how many times it was written} from the event files in `log_dir`."""
+    counts = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                key = (value.tag, event.step)
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_tensorboard_gets_each_tag_once_per_step(tmp_path):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, log_every_steps=2)
+    _trainer(tmp_path, config, x, y).run()
+    counts = _tensorboard_scalars(tmp_path / "tensorboard")
+    assert set(counts.values()) == {1}, {k: n for k, n in counts.items() if n > 1}
+    # 3 iterations an epoch, a log every 2 within the epoch and at its end.
+    steps = {}
+    for tag, step in counts:
+        steps.setdefault(tag, []).append(step)
+    assert {tag: sorted(s) for tag, s in steps.items()} == {
+        "train/loss": [2, 3, 5, 6],
+        "train/lr": [2, 3, 5, 6],
+        "train/accuracy": [3, 6],
+        "test/loss": [3, 6],
+        "test/accuracy": [3, 6],
+    }

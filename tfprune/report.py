@@ -46,7 +46,8 @@ try:
     from matplotlib.ticker import (
         FixedLocator,
         FuncFormatter,
-        LogFormatter,
+        LogLocator,
+        MaxNLocator,
         NullFormatter,
         NullLocator,
     )
@@ -90,18 +91,21 @@ METHOD_ORDER = (
 # Methods that do not prune at initialization: drawn in every figure of a (dataset, model),
 # whatever their `prune_step`.
 REFERENCE_METHODS = frozenset({"dense", "magnitude_after_training", "lottery", "lottery_oneshot"})
+# Every line colour of the report reaches this WCAG contrast ratio against the white background.
+MIN_CONTRAST = 3.0
+# matplotlib's tab10, the light ones (orange, pink, cyan, olive) darkened to MIN_CONTRAST.
 METHOD_COLORS = {
     "dense": "#000000",
     "random": "#7f7f7f",
     "magnitude": "#1f77b4",
-    "snip": "#ff7f0e",
+    "snip": "#e2700c",
     "grasp": "#2ca02c",
     "synflow": "#d62728",
     "uniform": "#9467bd",
     "erk": "#8c564b",
-    "magnitude_after_training": "#e377c2",
-    "lottery": "#17becf",
-    "lottery_oneshot": "#bcbd22",
+    "magnitude_after_training": "#d16db3",
+    "lottery": "#139fad",
+    "lottery_oneshot": "#94951b",
 }
 METHOD_MARKERS = {
     "dense": "o",
@@ -119,6 +123,11 @@ METHOD_MARKERS = {
 _FALLBACK_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 _FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "<", ">")
 _RATIO_PREFIX = "ratio_of:"
+# The y axis of an accuracy panel spans at least this many accuracy points, so that runs a
+# fraction of a point apart do not fill the panel's height.
+MIN_Y_SPAN = 5.0
+N1_NOTE = "n = 1 seed: no spread shown"
+N1_SOME_NOTE = "n = 1 seed where no spread is drawn"
 
 
 def load_results(sweep_dir: str) -> list[dict]:
@@ -316,6 +325,17 @@ def format_percent(fraction: float) -> str:
     return text
 
 
+def format_density_label(fraction: float) -> str:
+    """A fraction as a percentage for axis ticks and legends, every label in one format: at
+    most 3 significant digits, no trailing zeros, never an exponent.
+
+    Example:
+        >>> format_density_label(1.0), format_density_label(0.1), format_density_label(0.8**3)
+        ('100', '10', '51.2')
+    """
+    return _plain_number(100.0 * fraction)
+
+
 def format_accuracy(mean: float, std: float) -> str:
     """Mean ± std of an accuracy fraction, in percent with two decimals: "91.23 ± 0.45"."""
     return f"{100.0 * mean:.2f} ± {100.0 * std:.2f}"
@@ -440,12 +460,15 @@ def _draw_series(
     faint: bool,
     label: str | None,
     variant: bool = False,
-):
+) -> tuple[float, float]:
     """One method's curve: markers, a ± std band (or error bars at a single density).
 
     `faint` draws a thin dashed line only (an un-ablated curve repeated for comparison);
     `variant` draws the curve dotted with open markers, so that a second curve of the same
     colour in one panel (random pruning ablated, beside random itself) reads apart.
+
+    Returns:
+        The lowest and highest accuracy drawn (%), bands included.
     """
     x = np.array([e["density_target"] for e in entries]) * 100.0
     mean = np.array([e["test_accuracy_mean"] for e in entries]) * 100.0
@@ -465,7 +488,7 @@ def _draw_series(
             marker="_" if single else None,
             markersize=14,
         )
-        return
+        return float(mean.min()), float(mean.max())
     if single:
         ax.errorbar(x, mean, yerr=std, fmt="none", ecolor=color, alpha=0.6, capsize=4, zorder=2)
     else:
@@ -482,6 +505,27 @@ def _draw_series(
         label=label,
         zorder=3,
     )
+    return float((mean - std).min()), float((mean + std).max())
+
+
+def accuracy_limits(low: float, high: float, min_span: float = MIN_Y_SPAN) -> tuple[float, float]:
+    """The y limits (%) of an accuracy panel whose values reach from `low` to `high`.
+
+    The range is widened about its middle to `min_span` points at least (never past 0 or 100
+    because of the widening), then padded by 5% on each side, as matplotlib pads.
+
+    Example:
+        >>> [round(v, 2) for v in accuracy_limits(57.0, 57.9)]
+        [54.7, 60.2]
+    """
+    extra = max(0.0, min_span - (high - low))
+    low, high = low - extra / 2, high + extra / 2
+    if low < 0.0:
+        low, high = 0.0, high - low
+    elif high > 100.0:
+        low, high = low - (high - 100.0), 100.0
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
 
 
 def _need_matplotlib() -> None:
@@ -500,13 +544,16 @@ def plot_accuracy(
 ) -> Figure:
     """Test accuracy against the fraction of weights remaining, one panel per ablation.
 
-    The x axis is logarithmic and decreasing (100% at the left), as in Frankle et al. (2021).
+    The x axis is logarithmic and decreasing (100% at the left), as in Frankle et al. (2021),
+    its ticks in one format (`format_density_label`). Each panel's y axis spans at least
+    `MIN_Y_SPAN` accuracy points (`accuracy_limits`), the dense reference included.
     Each method is one line of its fixed colour with markers at the densities of the sweep and a
-    shaded band of ± one std over seeds. The dense network is a dashed horizontal line with its
-    band; random pruning is drawn in grey in every panel, and in an ablation's panel random
-    pruning with that ablation is drawn dotted with open markers beside it. In an ablation's
-    panel the un-ablated curve of every ablated method is repeated, faint and dashed. One legend
-    serves all panels.
+    shaded band of ± one std over seeds (the legend says when groups of one seed have none).
+    The dense network is a dashed horizontal line with its band; random pruning is drawn in
+    grey in every panel, and in an ablation's panel random pruning with that ablation is drawn
+    dotted with open markers beside it. In an ablation's panel the un-ablated curve of every
+    ablated method is repeated, faint and dashed. One legend, in as many columns as fit the
+    figure's width, serves all panels.
 
     Args:
         aggregated: groups as `aggregate` returns them; may hold several (dataset, model)
@@ -554,16 +601,20 @@ def plot_accuracy(
     all_densities = [r["density_target"] for r in rows]
     for index, (ax, ablation) in enumerate(zip(axes, panels, strict=False)):
         series = _series(rows, ablation)
+        drawn: list[tuple[float, float]] = []
         if dense:
             mean = 100.0 * dense[0]["test_accuracy_mean"]
             std = 100.0 * dense[0]["test_accuracy_std"]
             ax.axhspan(mean - std, mean + std, color="black", alpha=0.08, linewidth=0)
             ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, zorder=1)
+            drawn.append((mean - std, mean + std))
             handles.setdefault(
                 "dense", Line2D([], [], color="black", linestyle="--", linewidth=1.2)
             )
         if random_key is not None and ablation != "none":
-            _draw_series(ax, baseline[random_key], "random", faint=False, label="random")
+            drawn.append(
+                _draw_series(ax, baseline[random_key], "random", faint=False, label="random")
+            )
         for (method, rewind), entries in series.items():
             if method == "dense":
                 continue
@@ -573,16 +624,22 @@ def plot_accuracy(
                     label = f"random ({ablation})"
                 # Random's un-ablated curve is already drawn in full as the reference.
                 if (method, rewind) in baseline and method != "random":
-                    _draw_series(ax, baseline[(method, rewind)], method, faint=True, label=None)
+                    drawn.append(
+                        _draw_series(ax, baseline[(method, rewind)], method, faint=True, label=None)
+                    )
             variant = method == "random" and ablation != "none"
-            _draw_series(ax, entries, method, faint=False, label=label, variant=variant)
+            drawn.append(
+                _draw_series(ax, entries, method, faint=False, label=label, variant=variant)
+            )
+        if drawn:
+            ax.set_ylim(*accuracy_limits(min(d[0] for d in drawn), max(d[1] for d in drawn)))
         for line in ax.get_lines():
             if line.get_label() and not line.get_label().startswith("_"):
                 handles.setdefault(line.get_label(), line)
         ax.set_xscale("log")
         ticks = [100.0 * d for d in _density_ticks(all_densities)]
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_percent(v / 100.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_density_label(v / 100.0)))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=45, labelbottom=True)
@@ -599,22 +656,37 @@ def plot_accuracy(
         handles["un-ablated (for comparison)"] = Line2D(
             [], [], color="grey", linestyle="--", alpha=0.6
         )
-    # With one seed per group there is no spread to show, and no legend entry for it.
     if any(r["n"] > 1 for r in rows):
         if len(set(all_densities)) == 1:
             spread = Line2D([], [], color="grey", marker="|", markersize=10, linestyle="none")
         else:
             spread = Patch(color="grey", alpha=0.25)
         handles.setdefault("± std over seeds", spread)
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncol=min(len(handles), 5),
-        frameon=False,
-    )
+    # A group of one seed has no spread: say so, or its missing band reads as a tiny one.
+    if any(r["n"] == 1 for r in rows):
+        note = N1_SOME_NOTE if "± std over seeds" in handles else N1_NOTE
+        handles[note] = Line2D([], [], linestyle="none")
     fig.suptitle(_figure_title(dataset, model, prune_step))
+    _fit_legend(fig, handles)
     return fig
+
+
+def _fit_legend(fig: Figure, handles: Mapping[str, object], max_columns: int = 5) -> None:
+    """The figure's legend below the panels, in as many columns (up to `max_columns`) as fit
+    in the figure's width: a wider legend would be cut at both edges."""
+    for ncol in range(min(len(handles), max_columns), 0, -1):
+        legend = fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncol=ncol,
+            frameon=False,
+        )
+        fig.draw_without_rendering()
+        box = legend.get_window_extent()
+        if ncol == 1 or (box.x0 >= 0 and box.x1 <= fig.bbox.width):
+            return
+        legend.remove()
 
 
 def _select(aggregated: Sequence[Mapping], dataset: str | None, model: str | None) -> list:
@@ -681,19 +753,19 @@ def plot_layer_densities(
     for densities in layer_densities.values():
         paths.extend(p for p in densities if p not in paths)
     overall = sorted(layer_densities, reverse=True)
-    positive = [v for densities in layer_densities.values() for v in densities.values() if v > 0]
-    floor = 100.0 * (min(positive) if positive else 1.0) / 3.0
+    positive = [
+        100.0 * v for densities in layer_densities.values() for v in densities.values() if v > 0
+    ]
+    floor = (min(positive) if positive else 100.0) / 3.0
 
     fig = Figure(figsize=(max(6.0, 0.35 * len(paths) + 3.0), 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = colormaps["viridis"]
     x = np.arange(len(paths))
     collapsed_drawn = False
-    for i, density in enumerate(overall):
+    for color, density in zip(_layer_colors(len(overall)), overall, strict=True):
         values = layer_densities[density]
         y = np.array([100.0 * values.get(p, np.nan) for p in paths])
-        color = cmap(i / max(1, len(overall) - 1))
         plotted = np.where(y == 0, floor, y) if log_scale else y
         ax.plot(
             x,
@@ -702,7 +774,7 @@ def plot_layer_densities(
             marker="o",
             markersize=3,
             linewidth=1.2,
-            label=f"{format_percent(density)}%",
+            label=f"{format_density_label(density)}%",
         )
         zero = y == 0
         if log_scale and zero.any():
@@ -717,13 +789,20 @@ def plot_layer_densities(
                 zorder=4,
             )
             collapsed_drawn = True
+    # Labelled ticks from at or below the lowest value to at or above the highest, and the
+    # axis ends just beyond them: no point is drawn above the last number of the axis.
     if log_scale:
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        # Label some minor ticks too when the densities span less than two decades.
-        ax.yaxis.set_minor_formatter(
-            _PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
-        )
+        ticks = _log_ticks(min(positive, default=floor), max(positive, default=floor))
+        bottom = min(ticks[0], floor) if collapsed_drawn else ticks[0]
+        ax.set_ylim(bottom / 1.15, ticks[-1] * 1.15)
+        ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ticks = list(MaxNLocator(nbins=6).tick_values(0.0, max(positive, default=1.0)))
+        ax.set_ylim(ticks[0] - 0.02 * ticks[-1], ticks[-1] * 1.04)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _plain_number(v)))
     ax.set_xticks(x)
     ax.set_xticklabels(_abbreviate(paths), rotation=60, ha="right", fontsize=7)
     ax.set_xlabel("Layer (kernel, network order)")
@@ -742,13 +821,51 @@ def plot_layer_densities(
     return fig
 
 
-if _MATPLOTLIB_MISSING is None:
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Ticks 1, 2, 5 × 10^k (only 1 × 10^k beyond three decades), from the largest at or below
+    `low` to the smallest at or above `high` (0 < low <= high)."""
+    mantissas = (1.0, 2.0, 5.0) if high / low <= 1e3 else (1.0,)
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    candidates = sorted(m * 10.0**k for k in range(first, last + 1) for m in mantissas)
+    # A value a rounding error away from a tick has that tick as its bound.
+    bottom = max(c for c in candidates if c <= low * (1 + 1e-9))
+    top = min(c for c in candidates if c >= high * (1 - 1e-9))
+    return [c for c in candidates if bottom <= c <= top]
 
-    class _PlainLogFormatter(LogFormatter):
-        """Labels the ticks `LogFormatter` labels, as plain numbers (0.6, not 6e-01)."""
 
-        def __call__(self, x, pos=None):
-            return f"{x:g}" if super().__call__(x, pos) else ""
+def _plain_number(value: float) -> str:
+    """At most 3 significant digits, no exponent, no trailing zeros: 0.05 → "0.05", 100 → "100"."""
+    return np.format_float_positional(value, precision=3, fractional=False, trim="-")
+
+
+def _contrast_with_white(rgb: Sequence[float]) -> float:
+    """The WCAG 2 contrast ratio of an sRGB colour (components in [0, 1]) against white."""
+    rgb = np.asarray(rgb[:3], dtype=np.float64)
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    luminance = float(linear @ np.array([0.2126, 0.7152, 0.0722]))
+    return 1.05 / (luminance + 0.05)
+
+
+def _legible(color) -> tuple[float, float, float]:
+    """`color`, darkened (its hue kept) until its contrast against white is `MIN_CONTRAST`."""
+    rgb = np.array(mcolors.to_rgb(color))
+    if _contrast_with_white(rgb) >= MIN_CONTRAST:
+        return tuple(float(c) for c in rgb)
+    low, high = 0.0, 1.0  # the scale factor: `low` is always legible
+    for _ in range(30):
+        middle = (low + high) / 2
+        if _contrast_with_white(middle * rgb) >= MIN_CONTRAST:
+            low = middle
+        else:
+            high = middle
+    return tuple(float(c) for c in low * rgb)
+
+
+def _layer_colors(count: int) -> list[tuple[float, float, float]]:
+    """One colour per overall density, dark purple to olive: viridis, its light green and
+    yellow end darkened to stay legible on white."""
+    cmap = colormaps["viridis"]
+    return [_legible(cmap(i / max(1, count - 1))) for i in range(count)]
 
 
 def _slug(text: str) -> str:

@@ -17,6 +17,10 @@ after-training baselines) live in `D/_shared/`.
 Densities: a comma-separated list of numbers, powers `0.8^5`, and ranges `0.8^5:0.8^20`
 (every integer exponent) or `0.8^5:0.8^20:3` (every third). Ablations: `none`, a name, or names
 joined by `+` (`shuffle+reinit`). `dense` runs once per seed.
+
+While cells run, a line every `--status_seconds` (30) and whenever a cell starts names each
+running cell and how far it is (epoch, iteration, loss), read from the progress lines its
+training writes to `D/logs/<cell>.log`; a line follows each finished cell, with an ETA.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from tfprune.pruning import check_ablations, check_method
 from tfprune.pruning.selection import check_density
 from tfprune.runner import RESULT_COLUMNS as COLUMNS
 from tfprune.runner import locked, read_results
+from tfprune.training import parse_progress_line
 
 METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods (dense included).")
 DENSITIES = flags.DEFINE_string("densities", "1.0", "Densities: 0.1,0.8^5,0.8^5:0.8^20[:k].")
@@ -65,6 +70,11 @@ ABLATION_SETS = flags.DEFINE_string("ablations", "none", "Ablation sets: none,sh
 SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
 JOBS = flags.DEFINE_integer("jobs", 1, "Cells run at the same time.")
 SHARD = flags.DEFINE_string("shard", "0/1", "Run only cells i, i+N, i+2N, ... (i/N).")
+STATUS_SECONDS = flags.DEFINE_float(
+    "status_seconds",
+    30.0,
+    "Seconds between the lines naming the running cells and their progress (0: none).",
+)
 
 _POWER = re.compile(r"^\s*([0-9.]+)\s*\^\s*(\d+)\s*$")
 
@@ -212,7 +222,8 @@ def cell_bindings(cell: dict, shared_dir: str) -> list[str]:
         f"experiment.ablations = {list(cell['ablations'])!r}",
         f"experiment.seed = {cell['seed']}",
         f"experiment.shared_dir = {shared_dir!r}",
-        "training.progress = False",
+        # Plain progress lines in the cell's log (not a terminal), which the sweep reports.
+        "training.progress = True",
     ]
 
 
@@ -279,7 +290,12 @@ class Sweep:
         self.durations: list[float] = []
         self.started = time.time()
 
-    def run(self) -> int:
+    def run(self, status_seconds: float = 30.0) -> int:
+        """Runs the cells not finished yet; returns the exit status (0: all done).
+
+        Every `status_seconds` (0: never) and when a cell starts, one line names the running
+        cells and their progress (see `CellMonitor`).
+        """
         os.makedirs(os.path.join(self.output_dir, "runs"), exist_ok=True)
         os.makedirs(os.path.join(self.output_dir, "logs"), exist_ok=True)
         todo = []
@@ -294,8 +310,11 @@ class Sweep:
         logging.info(
             "%d cells, %d finished already, %d to run", len(self.grid), self.done, len(todo)
         )
-        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            for _ in pool.map(lambda item: self._run_cell(*item), todo):
+        with (
+            CellMonitor(status_seconds) as monitor,
+            concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool,
+        ):
+            for _ in pool.map(lambda item: self._watched(monitor, *item), todo):
                 pass
         return 0 if not self.failed and not self.stopping else 1
 
@@ -345,6 +364,131 @@ class Sweep:
             return "ETA --"
         seconds = sum(self.durations) / len(self.durations) * remaining / self.jobs
         return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+
+    def _watched(self, monitor: CellMonitor, cell: dict, relative: str) -> None:
+        """Runs a cell with its progress in the monitor's status lines meanwhile."""
+        name = cell_name(cell)
+        monitor.started(name, os.path.join(self.output_dir, "logs", name + ".log"))
+        try:
+            self._run_cell(cell, relative)
+        finally:
+            monitor.ended(name)
+
+
+def latest_progress(log_path: str, offset: int = 0, tail: int = 65536) -> dict | None:
+    """The last complete progress line (see `tfprune.training.format_progress_line`) that a
+    cell wrote to `log_path` after byte `offset`, parsed; None if there is none yet.
+
+    Only the last `tail` bytes are read; a line still being written is left out.
+    """
+    try:
+        with open(log_path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(offset, size - tail)
+            f.seek(start)
+            text = f.read(size - start).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in reversed(text.split("\n")[:-1]):
+        progress = parse_progress_line(line)
+        if progress is not None:
+            return progress
+    return None
+
+
+class CellMonitor:
+    """Logs one line naming each running cell and how far it is, read from the cell's log.
+
+    A line is logged every `interval` seconds while cells run, and as soon as a cell starts.
+    A cell's log is appended to by each attempt: only what this attempt wrote counts.
+
+    Args:
+        interval: Seconds between the status lines; 0 logs none.
+        clock: A monotonic clock in seconds.
+
+    Example:
+
+    >>> with CellMonitor(30.0) as monitor:
+    ...     monitor.started("snip-none-d0.1-s0", "D/logs/snip-none-d0.1-s0.log")
+    """
+
+    def __init__(self, interval: float, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self.lock = threading.Lock()
+        # name: (log path, size of the log when the cell started, start time)
+        self.running: dict[str, tuple[str, int, float]] = {}
+        self._reported: set[str] = set()
+        self._last = clock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cell-monitor", daemon=True)
+
+    def __enter__(self) -> CellMonitor:
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def started(self, name: str, log_path: str) -> None:
+        """Cell `name` starts now and writes to `log_path`."""
+        try:
+            offset = os.path.getsize(log_path)
+        except OSError:
+            offset = 0
+        with self.lock:
+            self.running[name] = (log_path, offset, self.clock())
+
+    def ended(self, name: str) -> None:
+        """Cell `name` has ended."""
+        with self.lock:
+            self.running.pop(name, None)
+
+    def status(self) -> str | None:
+        """The status line of the running cells; None if none runs."""
+        with self.lock:
+            running = dict(self.running)
+        if not running:
+            return None
+        now = self.clock()
+        parts = []
+        for name, (log_path, offset, started) in running.items():
+            progress = latest_progress(log_path, offset)
+            if progress is None:
+                state = "not training yet"
+            else:
+                state = (
+                    f"epoch {progress['epoch']}/{progress['epochs']} iteration "
+                    f"{progress['step']}/{progress['total_steps']} loss {progress['loss']:.4f}"
+                )
+            parts.append(f"{name} {state} ({_duration(now - started)})")
+        return f"running {len(parts)}: " + "; ".join(parts)
+
+    def poll(self) -> None:
+        """Logs the status line if `interval` has passed since the last one or a cell has
+        started since."""
+        with self.lock:
+            names = set(self.running)
+        now = self.clock()
+        if now - self._last < self.interval and names <= self._reported:
+            return
+        line = self.status()
+        if line is not None:
+            logging.info("%s", line)
+            self._last = now
+        self._reported = names
+
+    def _loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval / 3)):
+            self.poll()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def base_configuration(gin_files, gin_bindings):
@@ -403,6 +547,8 @@ def main(argv):
                 raise ConfigError(f"gin file {path!r} does not exist")
         if JOBS.value < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
+        if not STATUS_SECONDS.value >= 0:
+            raise ConfigError(f"--status_seconds must be >= 0, got {STATUS_SECONDS.value}")
         index, count = parse_shard(SHARD.value)
         methods = parse_methods(METHODS.value)
         base, switched, training = base_configuration(GIN_FILES.value, GIN_BINDINGS.value)
@@ -427,7 +573,7 @@ def main(argv):
         fail("tfprune.sweep", str(error))
     signal.signal(signal.SIGTERM, sweep.stop)
     signal.signal(signal.SIGINT, sweep.stop)
-    code = sweep.run()
+    code = sweep.run(STATUS_SECONDS.value)
     took = time.time() - sweep.started
     print(
         f"{sweep.done}/{len(shard)} cells done, {len(sweep.failed)} failed, "

@@ -12,7 +12,9 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,6 +29,8 @@ from tfprune.errors import ConfigError, TrainingError
 from tfprune.steps import to_iterations
 
 CHECKPOINT_PREFIX = "ckpt-"
+# Without a terminal, a progress line is written at most this often (and at each epoch's end).
+PLAIN_PROGRESS_SECONDS = 5.0
 
 
 @keras.saving.register_keras_serializable(package="tfprune")
@@ -156,7 +160,9 @@ class TrainConfig:
         warmup: Linear warmup length.
         keep_checkpoints: How many of the newest checkpoints to keep.
         log_every_steps: How often the progress display and TensorBoard get the train metrics.
-        progress: Show a progress bar.
+        progress: Show the progress on stdout: keras' progress bar on a terminal, else a
+            plain line (see `format_progress_line`) every `log_every_steps` iterations, at
+            most every `PLAIN_PROGRESS_SECONDS` seconds, and at the end of each epoch.
         steps_per_execution: Iterations run by one call of the compiled training function
             (fewer Python round trips). Stop requests are noticed between calls.
         deterministic: Make TensorFlow's ops deterministic for the whole process
@@ -295,6 +301,115 @@ def copy_first_replica(strategy: tf.distribute.Strategy, variables: Sequence) ->
         variable.assign(strategy.experimental_local_results(value)[0])
 
 
+class ProgressDisplay:
+    """Training progress on stdout: keras' progress bar on a terminal, plain lines elsewhere.
+
+    Redirected to a file, the bar's ANSI codes, carriage returns and backspaces would fill it;
+    there, each `update` writes one `format_progress_line` instead, at most every `interval`
+    seconds (the first update and the last of each epoch always).
+
+    Args:
+        total_steps: Iterations of the whole training.
+        steps_per_epoch: Iterations in one epoch.
+        enabled: False shows nothing.
+        stream: Where the plain lines go (default: `sys.stdout` at construction); the bar
+            goes to `sys.stdout`.
+        interval: Seconds between plain lines.
+        clock: A monotonic clock in seconds.
+
+    Example:
+
+    >>> progress = ProgressDisplay(100, 50)
+    >>> progress.start_epoch(0, 0, 50)
+    >>> progress.update(10, 0.6931, 0.5, 0.1)
+    epoch 1/2 iteration 10/100 loss 0.6931 accuracy 0.5000 lr 0.1
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        steps_per_epoch: int,
+        enabled: bool = True,
+        stream=None,
+        interval: float = PLAIN_PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total_steps = total_steps
+        self.epochs = math.ceil(total_steps / steps_per_epoch)
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.bar = _is_terminal(self.stream)
+        self.interval = interval
+        self.clock = clock
+        self._epoch = self._epoch_start = self._epoch_end = 0
+        self._progbar = None
+        self._last_line = None
+
+    def start_epoch(self, epoch: int, step: int, epoch_end: int) -> None:
+        """Epoch `epoch` (from 0) runs from iteration `step` to `epoch_end`."""
+        self._epoch, self._epoch_start, self._epoch_end = epoch, step, epoch_end
+        if self.enabled and self.bar:
+            self._progbar = keras.utils.Progbar(
+                epoch_end - step, stateful_metrics=["loss", "accuracy", "lr"]
+            )
+
+    def update(self, step: int, loss: float, accuracy: float, lr: float) -> None:
+        """The train metrics after iteration `step` (the running means of the epoch)."""
+        if not self.enabled:
+            return
+        if self.bar:
+            values = [("loss", loss), ("accuracy", accuracy), ("lr", lr)]
+            self._progbar.update(step - self._epoch_start, values)
+            return
+        now = self.clock()
+        recent = self._last_line is not None and now - self._last_line < self.interval
+        if recent and step < self._epoch_end:
+            return
+        self._last_line = now
+        line = format_progress_line(
+            self._epoch + 1, self.epochs, step, self.total_steps, loss, accuracy, lr
+        )
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    # A notebook's output is no terminal but redraws the bar as one does.
+    return bool(getattr(stream, "isatty", lambda: False)()) or "ipykernel" in sys.modules
+
+
+def format_progress_line(
+    epoch: int, epochs: int, step: int, total_steps: int, loss: float, accuracy: float, lr: float
+) -> str:
+    """One plain progress line: `epoch 2/10 iteration 300/4690 loss 0.4123 accuracy 0.8512
+    lr 0.1` (epoch from 1, iteration counted over the whole training)."""
+    return (
+        f"epoch {epoch}/{epochs} iteration {step}/{total_steps} loss {loss:.4f} "
+        f"accuracy {accuracy:.4f} lr {lr:g}"
+    )
+
+
+_PROGRESS_LINE = re.compile(
+    r"^epoch (\d+)/(\d+) iteration (\d+)/(\d+) loss (\S+) accuracy (\S+) lr (\S+)$"
+)
+
+
+def parse_progress_line(line: str) -> dict | None:
+    """The numbers of a `format_progress_line` line (keys `epoch`, `epochs`, `step`,
+    `total_steps`, `loss`, `accuracy`, `lr`), or None for any other line."""
+    match = _PROGRESS_LINE.match(line.strip())
+    if not match:
+        return None
+    names = ("epoch", "epochs", "step", "total_steps", "loss", "accuracy", "lr")
+    try:
+        return {
+            name: (int if index < 4 else float)(value)
+            for index, (name, value) in enumerate(zip(names, match.groups(), strict=True))
+        }
+    except ValueError:
+        return None
+
+
 class Trainer:
     """Trains a Keras model with a custom, resumable, distributed loop.
 
@@ -397,6 +512,7 @@ class Trainer:
             else tf.summary.create_noop_writer()
         )
         started = time.time() - state.wall_seconds
+        progress = ProgressDisplay(self.total_steps, self.steps_per_epoch, self.config.progress)
         while state.step < self.total_steps:
             epoch = state.step // self.steps_per_epoch
             skip = state.step % self.steps_per_epoch
@@ -405,11 +521,7 @@ class Trainer:
             self._reset_sums()
             if skip and state.sums:
                 self._restore_sums(state.sums)
-            progress = keras.utils.Progbar(
-                epoch_end - state.step,
-                verbose=1 if self.config.progress else 0,
-                stateful_metrics=["loss", "accuracy", "lr"],
-            )
+            progress.start_epoch(epoch, state.step, epoch_end)
             logging.info("epoch %d: iterations %d to %d", epoch + 1, state.step, epoch_end)
             iterator = iter(
                 self.strategy.experimental_distribute_dataset(
@@ -433,12 +545,10 @@ class Trainer:
                     train = self._read_sums()
                     self._check_finite(train["loss"], state.step)
                     progress.update(
-                        done,
-                        [
-                            ("loss", train["loss"]),
-                            ("accuracy", train["accuracy"]),
-                            ("lr", self.learning_rate(state.step - 1)),
-                        ],
+                        state.step,
+                        train["loss"],
+                        train["accuracy"],
+                        self.learning_rate(state.step - 1),
                     )
                     with writer.as_default(step=state.step):
                         tf.summary.scalar("train/loss", train["loss"])
@@ -470,8 +580,9 @@ class Trainer:
                 record["test_loss"],
                 record["test_accuracy"],
             )
+            # train/loss of this step went out with the last periodic log, just above.
             with writer.as_default(step=state.step):
-                for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+                for key in ("train_accuracy", "test_loss", "test_accuracy"):
                     tf.summary.scalar(key.replace("_", "/", 1), record[key])
             writer.flush()
             state.wall_seconds = time.time() - started
