@@ -580,3 +580,34 @@ def test_reset_optimizer_slots_zeroes_momentum_and_keeps_the_rest(tmp_path):
     assert int(trainer.optimizer.iterations.numpy()) == 3
     for variable, value in zip(trainer.model.variables, weights, strict=True):
         assert np.array_equal(variable.numpy(), value)
+
+
+def test_adopting_a_shared_level_writes_each_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A copy that fails half-way (a full disk, a kill) leaves no half-written file behind."""
+    from tfprune import after_training
+
+    level = tmp_path / "level"
+    level.mkdir()
+    (level / "masks.npz").write_bytes(b"m" * 1000)
+    (level / "model.keras").write_bytes(b"k" * 1000)
+    (level / "results.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.keras").write_bytes(b"old model")
+
+    def copy_half_then_fail(src, dst):
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read()[:500])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(after_training.shutil, "copyfile", copy_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        after_training._adopt(str(level), str(out), {"method": "lottery"})
+    assert sorted(os.listdir(out)) == ["model.keras"]
+    assert (out / "model.keras").read_bytes() == b"old model"
+
+    monkeypatch.undo()
+    results = after_training._adopt(str(level), str(out), {"method": "lottery"})
+    assert (out / "masks.npz").read_bytes() == b"m" * 1000
+    assert (out / "model.keras").read_bytes() == b"k" * 1000
+    assert results["test_accuracy"] == 0.5 and results["shared_run"] == str(level)

@@ -31,6 +31,7 @@ import shutil
 
 from absl import logging
 
+from tfprune._io import atomic_path
 from tfprune.errors import ConfigError
 from tfprune.pruning import (
     assign_masks,
@@ -262,7 +263,9 @@ def _adopt(level_dir: str, output_dir: str, fields: dict) -> dict:
     """Makes a shared lottery level the result of this run (copies, no retraining)."""
     shared = read_results(level_dir)
     for name in ("masks.npz", "model.keras"):
-        shutil.copyfile(os.path.join(level_dir, name), os.path.join(output_dir, name))
+        target = os.path.join(output_dir, name)
+        with atomic_path(target, suffix=os.path.splitext(name)[1]) as tmp:
+            shutil.copyfile(os.path.join(level_dir, name), tmp)
     results = {**shared, **fields, "shared_run": os.path.abspath(level_dir)}
     write_json(os.path.join(output_dir, "results.json"), results)
     return results
