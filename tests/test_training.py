@@ -131,8 +131,8 @@ def _toy_model():
     return keras.Sequential([keras.Input((6,)), MaskedDense(8, activation="relu"), MaskedDense(2)])
 
 
-def _trainer(output_dir, config, x, y, **kwargs):
-    model = _toy_model()
+def _trainer(output_dir, config, x, y, model=None, **kwargs):
+    model = model or _toy_model()
 
     def train_data(epoch, skip):
         order = np.random.default_rng(epoch).permutation(len(x))
@@ -367,3 +367,85 @@ def test_tensorboard_gets_each_tag_once_per_step(tmp_path):
         "test/loss": [3, 6],
         "test/accuracy": [3, 6],
     }
+
+
+def _renamed_model():
+    """`_toy_model` with its first layer named otherwise: the same shapes, other paths."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [keras.Input((6,)), MaskedDense(8, activation="relu", name="first"), MaskedDense(2)]
+    )
+
+
+def test_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_path):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=1, learning_rate=0.5, progress=False)
+    _trainer(tmp_path, config, x, y).run()
+    trainer = _trainer(tmp_path, config, x, y, model=_renamed_model())
+    before = [v.numpy() for v in trainer.model.variables]
+    with pytest.raises(ConfigError) as refused:
+        trainer.restore()
+    message = str(refused.value)
+    assert "was written by another model: its variable 0 is '" in message
+    assert "masked_dense" in message and "/first/kernel' of shape (6, 8)" in message
+    assert "\n" not in message
+    for variable, value in zip(trainer.model.variables, before, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_snapshot_is_restored_by_path_and_refused_for_another_model(tmp_path):
+    from tfprune.training import load_snapshot, save_snapshot
+
+    source = _toy_model()
+    path = str(tmp_path / "step.npz")
+    save_snapshot(source, path)
+    same = _toy_model()  # rebuilt in this process: Keras numbers its automatic names anew
+    for variable in same.variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    load_snapshot(same, path)
+    for a, b in zip(same.variables, source.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ConfigError, match=r"snapshot .* its variable 0 is .* '.*/first/kernel'"):
+        load_snapshot(_renamed_model(), path)
+    fewer = keras.Sequential([keras.Input((6,)), MaskedDense(8, activation="relu")])
+    with pytest.raises(ConfigError, match="it holds 6 variables, the model 3"):
+        load_snapshot(fewer, path)
+
+
+def _damage(path, how):
+    if how == "missing":
+        os.remove(path)
+    elif how == "empty":
+        open(path, "wb").close()
+    elif how == "truncated":
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+    elif how == "garbled":
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            for i in range(len(data) // 3, len(data) // 3 + 64):
+                data[i] ^= 0xA5
+            f.seek(0)
+            f.write(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["variables.npz", "state.json"])
+@pytest.mark.parametrize("how", ["missing", "empty", "truncated", "garbled"])
+def test_any_damaged_file_of_the_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path, name, how
+):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=2, learning_rate=0.5, momentum=0.9, progress=False)
+    trainer = _trainer(tmp_path, config, x, y, keep_steps=[3])
+    trainer.run()
+    older, newest = sorted(checkpoints(trainer.checkpoint_dir))
+    with np.load(os.path.join(older, "variables.npz")) as data:
+        expected = [data[f"v{i}"] for i in range(len(data.files) - 1)]
+    _damage(os.path.join(newest, name), how)
+    resumed = _trainer(tmp_path, config, x, y)
+    assert resumed.restore().step == 3
+    variables = resumed.model.variables + resumed.optimizer.variables
+    for variable, value in zip(variables, expected, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)

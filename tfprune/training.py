@@ -16,6 +16,8 @@ import re
 import shutil
 import sys
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 
 import keras
@@ -25,7 +27,7 @@ from absl import logging
 from keras import ops
 
 from tfprune._io import atomic_path, make_temp_dir
-from tfprune.errors import ConfigError, TrainingError
+from tfprune.errors import ConfigError, OutputError, TrainingError
 from tfprune.steps import to_iterations
 
 CHECKPOINT_PREFIX = "ckpt-"
@@ -765,7 +767,7 @@ class Trainer:
         tmp = make_temp_dir(self.checkpoint_dir)
         try:
             with open(os.path.join(tmp, "variables.npz"), "wb") as f:
-                np.savez(f, **{f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+                _write_variables(f, variables)
             metadata = dataclasses.asdict(state)
             metadata["paths"] = [v.path for v in variables]
             with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -781,31 +783,104 @@ class Trainer:
         return target
 
     def restore(self) -> TrainState | None:
-        """Loads the newest readable checkpoint into the model and optimizer, if there is one."""
+        """Loads the newest readable checkpoint into the model and optimizer, if there is one.
+
+        A damaged checkpoint (a file truncated, garbled or missing) is skipped for the next
+        older one, whichever of its files is broken.
+
+        Raises:
+            ConfigError: if a checkpoint holds the variables of another model (its variable
+                paths or shapes differ from the model's): restoring it would be wrong.
+        """
         for path in checkpoints(self.checkpoint_dir):
             try:
                 return self._load(path)
-            except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+            except ConfigError as error:
+                raise ConfigError(
+                    f"{error}; train it in another output directory, or overwrite that one"
+                ) from None
+            except _DAMAGED as error:
                 logging.warning(
-                    "checkpoint %s is unreadable (%s); trying an older one", path, error
+                    "checkpoint %s is unreadable (%s); trying an older one", path, _reason(error)
                 )
         return None
 
     def _load(self, path: str) -> TrainState:
-        variables = self._variables()
         with open(os.path.join(path, "state.json")) as f:
             metadata = json.load(f)
-        with np.load(os.path.join(path, "variables.npz")) as data:
-            values = [data[f"v{i}"] for i in range(len(variables))]
-            if len(data.files) != len(variables):
-                raise ValueError(f"{len(data.files)} variables stored, {len(variables)} expected")
-        for variable, value in zip(variables, values, strict=True):
-            if tuple(variable.shape) != value.shape:
-                raise ValueError(f"shape {value.shape} stored for {variable.path}")
-        for variable, value in zip(variables, values, strict=True):
-            variable.assign(value)
-        metadata.pop("paths", None)
-        return TrainState(**metadata)
+        if not isinstance(metadata, dict):
+            raise ValueError("state.json does not hold a JSON object")
+        paths = metadata.pop("paths", None)
+        state = TrainState(**metadata)
+        variables = self._variables()
+        archive = os.path.join(path, "variables.npz")
+        _assign(variables, _read_variables(archive, variables, f"checkpoint {path}", paths))
+        return state
+
+
+# What reading a damaged checkpoint file raises (numpy, zipfile, json, the TrainState fields).
+_DAMAGED = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+
+
+def _write_variables(f, variables: Sequence) -> None:
+    """Writes the values of `variables` and their paths as an `.npz` archive to `f`."""
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    np.savez(f, paths=np.array([v.path for v in variables]), **arrays)
+
+
+def _read_variables(
+    path: str, variables: Sequence, what: str, paths: Sequence[str] | None = None
+) -> list[np.ndarray]:
+    """Reads the values `_write_variables` wrote for `variables`, checking each variable's path.
+
+    Args:
+        path: The `.npz` file.
+        variables: The variables the values are for, in the order they were written.
+        what: How errors name the file ("checkpoint ...", "snapshot ...").
+        paths: The paths stored beside the file, for a file that holds none (checkpoints
+            written before the archive held them).
+
+    Raises:
+        ConfigError: naming the first variable whose path or shape differs, or the counts.
+        The errors of a damaged file (`_DAMAGED`) otherwise.
+    """
+    with np.load(path) as data:
+        stored = [str(p) for p in data["paths"]] if "paths" in data.files else paths
+        if stored is None:
+            raise KeyError("the file lists no variable paths")
+        values = [data[f"v{i}"] for i in range(min(len(stored), len(variables)))]
+    for i, (variable, name) in enumerate(zip(variables, stored, strict=False)):
+        if not _same_path(variable.path, name) or tuple(variable.shape) != values[i].shape:
+            raise ConfigError(
+                f"{what} was written by another model: its variable {i} is {name!r} of shape "
+                f"{values[i].shape}, the model's is {variable.path!r} of shape "
+                f"{tuple(variable.shape)}"
+            )
+    if len(stored) != len(variables):
+        raise ConfigError(
+            f"{what} was written by another model: it holds {len(stored)} variables, the model "
+            f"{len(variables)}"
+        )
+    return values
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two variable paths name the same variable, up to the `_<n>` suffixes Keras adds
+    to make automatic names unique in a process (a model rebuilt in the same process is
+    `sequential_1/dense_1/kernel` where it was `sequential/dense/kernel`)."""
+    return a == b or _AUTO_SUFFIX.sub("", a) == _AUTO_SUFFIX.sub("", b)
+
+
+_AUTO_SUFFIX = re.compile(r"_\d+(?=[/_]|$)")
+
+
+def _assign(variables: Sequence, values: Sequence[np.ndarray]) -> None:
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
 
 
 class Interrupted(Exception):
@@ -818,31 +893,29 @@ class Interrupted(Exception):
 
 def save_snapshot(model: keras.Model, path: str) -> None:
     """Writes every variable of `model` (weights, BN statistics, masks) to `path` atomically."""
-    variables = model.variables
-    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
-    arrays["paths"] = np.array([v.path for v in variables])
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        _write_variables(f, model.variables)
 
 
 def load_snapshot(model: keras.Model, path: str) -> None:
-    """Assigns the variables saved by `save_snapshot` to `model` (same architecture).
+    """Assigns the variables saved by `save_snapshot` to `model`, each to the variable of the
+    same path.
 
     Raises:
-        ConfigError: if the snapshot does not fit the model.
+        ConfigError: if the snapshot holds another model's variables (naming the first that
+            differs).
+        OutputError: if the file is damaged.
     """
-    variables = model.variables
-    with np.load(path) as data:
-        if len(data.files) - 1 != len(variables):
-            raise ConfigError(
-                f"snapshot {path} holds {len(data.files) - 1} variables, the model {len(variables)}"
-            )
-        values = [data[f"v{i}"] for i in range(len(variables))]
-    for variable, value in zip(variables, values, strict=True):
-        if tuple(variable.shape) != value.shape:
-            raise ConfigError(f"snapshot {path} has shape {value.shape} for {variable.path}")
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+    try:
+        values = _read_variables(path, model.variables, f"snapshot {path}")
+    except ConfigError:
+        raise
+    except _DAMAGED as error:
+        raise OutputError(
+            f"snapshot {path} is unreadable ({_reason(error)}): delete the run directory that "
+            "holds it to compute it again"
+        ) from None
+    _assign(model.variables, values)
 
 
 def checkpoints(checkpoint_dir: str) -> list[str]:
