@@ -13,6 +13,7 @@ from matplotlib.collections import PolyCollection
 
 from tfprune import report
 from tfprune.errors import ConfigError, DataError
+from tfprune.results_table import COLUMNS
 
 LAYERS = ("fc1/kernel", "fc2/kernel", "fc/kernel")
 DENSITIES = (0.8**3, 0.8**6, 0.8**9)
@@ -102,7 +103,7 @@ def _sweep_rows():
     return rows
 
 
-def _write_csv(path, rows, columns=report.COLUMNS):
+def _write_csv(path, rows, columns=COLUMNS):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -560,12 +561,12 @@ def test_a_results_csv_without_its_run_directories_still_gets_figures_and_one_wa
     "content, fragment",
     [
         ("", "is empty"),
-        (",".join(report.COLUMNS) + "\n", "no runs"),
+        (",".join(COLUMNS) + "\n", "no runs"),
         ("method,seed\nsnip,0\n", "lacks the column"),
-        (",".join(report.COLUMNS) + "\nsnip,none,0.5,0.5,zero,0,,d,m,0.8,0.5,2,1.0,r\n", "'seed'"),
-        (",".join(report.COLUMNS) + "\nsnip,none,half,0.5,0,0,,d,m,0.8,0.5,2,1.0,r\n", "number"),
-        (",".join(report.COLUMNS) + "\nsnip,none,0.5\n", "3 fields"),
-        (",".join(report.COLUMNS) + "\nsnip,none,0,0,0,0,,d,m,0.8,0.5,2,1.0,r\n", r"\(0, 1\]"),
+        (",".join(COLUMNS) + "\nsnip,none,0.5,0.5,zero,0,,d,m,0.8,0.5,2,1.0,r\n", "'seed'"),
+        (",".join(COLUMNS) + "\nsnip,none,half,0.5,0,0,,d,m,0.8,0.5,2,1.0,r\n", "number"),
+        (",".join(COLUMNS) + "\nsnip,none,0.5\n", "3 fields"),
+        (",".join(COLUMNS) + "\nsnip,none,0,0,0,0,,d,m,0.8,0.5,2,1.0,r\n", r"\(0, 1\]"),
     ],
 )
 def test_bad_results_csv_raises_data_error(tmp_path, content, fragment):

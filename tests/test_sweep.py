@@ -445,3 +445,39 @@ def test_sweep_reports_the_progress_of_a_running_cell(tmp_path):
     assert not {"\x1b", "\r", "\x08"} & set(log)
     assert [p["step"] for p in map(parse_progress_line, log.splitlines()) if p][-1] == 40
     assert "1/1 cells done, 0 failed" in proc.stdout
+
+
+def test_damaged_results_csv_lines_are_kept_aside_and_rebuilt_from_the_run_directories(tmp_path):
+    out = tmp_path / "sweep"
+    args = [*TINY, "--methods=random", "--densities=0.1,0.05", f"--output_dir={out}"]
+    first = _sweep(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    csv_path = out / "results.csv"
+    intact = csv_path.read_bytes()
+    header, row1, row2 = intact.decode().splitlines()
+    # A row cut short, a line of binary bytes and a row whose number is garbled.
+    damaged = "\n".join([header, row1[:25], row2]).encode() + b"\n\x00\xff\xfe garbage\n"
+    damaged += row2.replace("0.05,", "0.0x,", 1).encode() + b"\n"
+    csv_path.write_bytes(damaged)
+
+    again = _sweep(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 cells, 2 finished already, 0 to run" in again.stderr
+    cut = len(row1[:25].split(","))
+    named = f"line 2 (it has {cut} fields, the header 14), line 4 (not UTF-8 text), line 5 (column"
+    assert f"has damaged lines: {named}" in again.stderr
+    # Every finished run has its row back, exactly once; the damaged file is kept beside.
+    assert sorted(csv_path.read_text().splitlines()) == sorted([header, row1, row2])
+    (kept,) = [p for p in os.listdir(out) if p.startswith("results.csv.damaged-")]
+    assert (out / kept).read_bytes() == damaged
+
+
+def test_report_refuses_damaged_results_csv_naming_the_lines(tmp_path):
+    from tfprune import report
+    from tfprune.errors import DataError
+
+    header = ",".join(COLUMNS)
+    good = "snip,none,0.5,0.5,0,0,,d,m,0.8,0.5,2,1.0,runs/a"
+    (tmp_path / "results.csv").write_bytes(f"{header}\n{good}\n".encode() + b"\xff\xfe\n")
+    with pytest.raises(DataError, match=r"line 3 \(not UTF-8 text\); run the sweep command"):
+        report.load_results(str(tmp_path))

@@ -8,6 +8,7 @@ The gin configurables of the commands are registered here: `experiment`
 from __future__ import annotations
 
 import difflib
+import errno
 import inspect
 import os
 import re
@@ -138,3 +139,24 @@ def _gin_reason(error: BaseException) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{reason}{hint}; its parameters: {', '.join(known)}"
     return reason
+
+
+# What to do about an error of the file system, by errno.
+_OS_HINTS = {
+    errno.ENOSPC: "free some space and run the same command again: the run resumes from its "
+    "last checkpoint",
+    errno.EDQUOT: "free some of your quota and run the same command again: the run resumes from "
+    "its last checkpoint",
+    errno.EROFS: "make it writable or choose another output directory",
+    errno.EACCES: "make it writable or choose another output directory",
+    errno.EPERM: "make it writable or choose another output directory",
+}
+
+
+def os_error_message(error: OSError, directory: str) -> str:
+    """A one-line account of a failed write under `directory` and what to do about it, as
+    `cannot write to <file or directory>: No space left on device; free some space ...`."""
+    reason = error.strerror or " ".join(str(error).split())
+    hint = _OS_HINTS.get(error.errno)
+    message = f"cannot write to {error.filename or directory}: {reason}"
+    return f"{message}; {hint}" if hint else message

@@ -13,6 +13,7 @@ different configuration is refused unless `overwrite=True`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,10 +37,10 @@ from tfprune.pruning.selection import check_density, check_scope
 from tfprune.runner import (
     STRATEGIES,
     RunContext,
+    claim_output_dir,
     finish,
     is_chief,
     make_strategy,
-    prepare_output_dir,
     read_results,
     semantic,
     write_json,
@@ -232,8 +233,17 @@ def run(
     strategy = make_strategy(experiment.strategy)
     ctx = _context(experiment, training, strategy)
     _check_fit(experiment, ctx)
-    if is_chief(strategy):
-        prepare_output_dir(output_dir, config, overwrite)
+    # The chief alone writes the run directory, and holds it while the run lasts.
+    claim = (
+        claim_output_dir(output_dir, config, overwrite)
+        if is_chief(strategy)
+        else contextlib.nullcontext()
+    )
+    with claim:
+        return _run_in(experiment, ctx, output_dir, config, should_stop)
+
+
+def _run_in(experiment, ctx: RunContext, output_dir, config, should_stop) -> dict:
     finished = read_results(output_dir)
     if finished is not None:
         logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)

@@ -60,14 +60,10 @@ from tfprune._io import atomic_path, write_text
 from tfprune.cli import fail
 from tfprune.errors import ConfigError, DataError, OutputError, TfpruneError
 from tfprune.pruning import ABLATIONS
-from tfprune.runner import RESULT_COLUMNS as COLUMNS
+from tfprune.results_table import TableError, describe, parse_row, read_table
 
 PROGRAM = "tfprune.report"
 
-# Columns that every row must fill; the others may be empty (read as None).
-_FLOATS = ("density_target", "density_actual", "test_accuracy", "test_loss", "wall_seconds")
-_INTS = ("seed", "prune_step", "rewind_step", "epochs")
-_REQUIRED = ("method", "ablations", "density_target", "seed", "dataset", "model", "test_accuracy")
 
 FORMATS = ("png", "svg", "pdf")
 X_LABEL = "Fraction of weights remaining (%)"
@@ -159,52 +155,21 @@ def load_results(sweep_dir: str) -> list[dict]:
             f"{path!r} does not exist: run `python -m tfprune.sweep` with this output directory"
         )
     try:
-        with open(path, newline="") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as error:
+        table, damaged = read_table(path)
+    except OSError as error:
         raise DataError(f"cannot read {path!r}: {error}") from error
-    try:
-        records = list(csv.reader(io.StringIO(text)))
-    except csv.Error as error:
-        raise DataError(f"{path!r} is not a valid CSV file: {error}") from error
-    records = [
-        (number, r) for number, r in enumerate(records, start=1) if any(c.strip() for c in r)
-    ]
-    if not records:
-        raise DataError(f"{path!r} is empty: the sweep has not finished a run yet")
-    header = [c.strip() for c in records[0][1]]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise DataError(f"{path!r} lacks the column(s) {', '.join(missing)}")
-    if len(records) == 1:
-        raise DataError(f"{path!r} has a header but no runs: the sweep has not finished a run yet")
-    return [_parse_row(path, line, header, record) for line, record in records[1:]]
-
-
-def _parse_row(path: str, line: int, header: list[str], record: list[str]) -> dict:
-    if len(record) != len(header):
-        raise DataError(f"{path!r} line {line} has {len(record)} fields, the header {len(header)}")
-    row = {name: value.strip() for name, value in zip(header, record, strict=True)}
-    for name in _REQUIRED:
-        if not row[name]:
-            raise DataError(f"{path!r} line {line}: column {name!r} is empty")
-    for name in _FLOATS + _INTS:
-        value = row[name]
-        if not value:
-            row[name] = None
-            continue
-        try:
-            row[name] = float(value) if name in _FLOATS else int(value)
-        except ValueError:
-            kind = "a number" if name in _FLOATS else "an integer"
-            raise DataError(
-                f"{path!r} line {line}: column {name!r} is {value!r}, not {kind}"
-            ) from None
-    if not 0.0 < row["density_target"] <= 1.0:
+    except TableError as error:
+        if "no header" in str(error):
+            raise DataError(f"{path!r} is empty: the sweep has not finished a run yet") from None
+        raise DataError(f"{path!r} {error}") from None
+    if damaged:
         raise DataError(
-            f"{path!r} line {line}: density_target {row['density_target']} is not in (0, 1]"
+            f"{path!r} has damaged lines: {describe(damaged)}; run the sweep command again to "
+            "rewrite it from the run directories"
         )
-    return row
+    if not table:
+        raise DataError(f"{path!r} has a header but no runs: the sweep has not finished a run yet")
+    return [parse_row(list(row), list(row.values())) for _, row in table]
 
 
 def aggregate(rows: Iterable[Mapping]) -> list[dict]:

@@ -33,6 +33,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ import time
 
 from absl import app, flags, logging
 
-from tfprune._io import write_text
+from tfprune._io import atomic_path, write_text
 from tfprune.after_training import ABLATIONS as AFTER_ABLATIONS
 from tfprune.after_training import DEFAULT_RATE, lottery_level
 from tfprune.after_training import METHODS as AFTER_METHODS
@@ -60,7 +61,7 @@ from tfprune.errors import ConfigError, OutputError, TfpruneError
 from tfprune.experiment import check
 from tfprune.pruning import check_ablations, check_method
 from tfprune.pruning.selection import check_density
-from tfprune.runner import RESULT_COLUMNS as COLUMNS
+from tfprune.results_table import COLUMNS, TableError, describe, read_table
 from tfprune.runner import locked, read_results
 from tfprune.training import parse_progress_line
 
@@ -250,25 +251,53 @@ def result_row(results: dict, run_dir: str) -> dict:
 def append_row(csv_path: str, row: dict) -> bool:
     """Adds `row` to `csv_path` unless a row of the same run_dir is there; returns whether it
     added it. Under a lock, the file is rewritten through a temporary file and a rename, so a
-    reader never sees half a row and concurrent writers never lose one."""
+    reader never sees half a row and concurrent writers never lose one.
+
+    Damaged lines (see `tfprune.results_table`) are left out of the rewritten file, after the
+    file as it was is kept beside it (`results.csv.damaged-<time>`); the sweep adds the rows of
+    finished runs back from their run directories.
+    """
     with locked(csv_path):
-        rows = read_rows(csv_path)
-        if any(r["run_dir"] == row["run_dir"] for r in rows):
+        rows, damaged = _read(csv_path)
+        if damaged:
+            kept = f"{csv_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+            with atomic_path(kept) as tmp:
+                shutil.copyfile(csv_path, tmp)
+            logging.warning(
+                "%s has damaged lines: %s; the file as it was is kept in %s, and it is rewritten "
+                "without them",
+                csv_path,
+                describe(damaged),
+                kept,
+            )
+        present = any(r["run_dir"] == row["run_dir"] for r in rows)
+        if present and not damaged:
             return False
+        if not present:
+            rows.append(row)
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(
+            buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore"
+        )
         writer.writeheader()
-        writer.writerows(rows + [row])
+        writer.writerows(rows)
         write_text(csv_path, buffer.getvalue())
-        return True
+        return not present
 
 
 def read_rows(csv_path: str) -> list[dict]:
-    """The rows of a `results.csv` (empty if there is none)."""
-    if not os.path.exists(csv_path):
-        return []
-    with open(csv_path, newline="") as f:
-        return list(csv.DictReader(f))
+    """The intact rows of a `results.csv` as `{column: text}` (empty if there is none)."""
+    return _read(csv_path)[0]
+
+
+def _read(csv_path: str) -> tuple[list[dict], list[tuple[int, str]]]:
+    if not os.path.exists(csv_path) or not os.path.getsize(csv_path):
+        return [], []
+    try:
+        rows, damaged = read_table(csv_path)
+    except TableError as error:
+        return [], [(1, str(error))]
+    return [row for _, row in rows], damaged
 
 
 class Sweep:

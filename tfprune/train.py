@@ -26,6 +26,7 @@ from tfprune.cli import (
     experiment_configurable,
     fail,
     flags_parser,
+    os_error_message,
     parse_gin,
     training_configurable,
 )
@@ -60,13 +61,14 @@ class _StopRequest:
 def main(argv):
     if len(argv) > 1:
         fail("tfprune.train", f"unexpected arguments: {' '.join(argv[1:])}")
+    output_dir = OUTPUT_DIR.value
     try:
         parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
         experiment = experiment_configurable()
         switched = set(check_ablations(experiment.ablations)) | set(ablations_configurable())
         experiment.ablations = tuple(a for a in ABLATIONS if a in switched)
         training = training_configurable()
-        output_dir = OUTPUT_DIR.value or default_output_dir(experiment, training)
+        output_dir = output_dir or default_output_dir(experiment, training)
         stop = _StopRequest()
         results = run(experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop)
         write_text(os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str())
@@ -75,6 +77,8 @@ def main(argv):
         sys.exit(128 + (stop.signal or signal.SIGINT))
     except TfpruneError as error:
         fail("tfprune.train", str(error))
+    except OSError as error:
+        fail("tfprune.train", os_error_message(error, output_dir))
     print(
         f"test_accuracy={results['test_accuracy']:.4f} density={results['density_actual']:.5f} "
         f"run_dir={output_dir}"
