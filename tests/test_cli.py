@@ -92,7 +92,9 @@ def test_output_dir_with_another_config_is_refused_unless_overwrite(tmp_path):
     assert os.path.getmtime(os.path.join(run_dir, "results.json")) == finished
     other = _train(*base, "--gin_bindings=experiment.density = 0.2")
     assert other.returncode == 2
-    assert "different configuration" in other.stderr.strip().splitlines()[-1]
+    assert "different configuration (experiment.density: 0.05 there, 0.2 here)" in (
+        other.stderr.strip().splitlines()[-1]
+    )
     assert _procs.results(run_dir)["density_target"] == 0.05
     replaced = _train(*base, "--gin_bindings=experiment.density = 0.2", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The sweep command: grid parsing, results.csv under concurrency, resume after SIGKILL, shards."""
 
+import contextlib
 import csv
 import multiprocessing
 import os
@@ -481,3 +482,35 @@ def test_report_refuses_damaged_results_csv_naming_the_lines(tmp_path):
     (tmp_path / "results.csv").write_bytes(f"{header}\n{good}\n".encode() + b"\xff\xfe\n")
     with pytest.raises(DataError, match=r"line 3 \(not UTF-8 text\); run the sweep command"):
         report.load_results(str(tmp_path))
+
+
+def test_a_cell_stops_when_its_sweep_is_killed(tmp_path):
+    """SIGKILL of the sweep alone (not its process group): its running cell writes a
+    checkpoint and ends instead of training on as an orphan."""
+    out = tmp_path / "sweep"
+    args = [
+        "--gin_file=gin_configs/default.gin",
+        "--gin_bindings=experiment.train_limit = 2048",
+        "--gin_bindings=experiment.test_limit = 256",
+        "--gin_bindings=training.epochs = 1000",  # far longer than the test waits
+        "--methods=random",
+        "--densities=0.1",
+        f"--output_dir={out}",
+    ]
+    run_dir = out / "runs" / "random-none-d0.1-s0"
+    sweep = _procs.start("tfprune.sweep", *args, start_new_session=True)
+    try:
+        _procs.wait_for(str(run_dir / "checkpoints" / "ckpt-000000016"), sweep)
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        assert _group_gone(sweep.pid, timeout=60), "the cell outlived its sweep"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    with open(out / "logs" / "random-none-d0.1-s0.log") as f:
+        log = f.read()
+    assert "the sweep that started this run is gone: writing a checkpoint, then stopping" in log
+    assert not (run_dir / "results.json").exists()
+    stopped = re.search(r"training interrupted at iteration (\d+); a checkpoint was written", log)
+    assert stopped, log[-3000:]
+    assert (run_dir / "checkpoints" / f"ckpt-{int(stopped.group(1)):09d}").is_dir()

@@ -7,11 +7,13 @@ The gin configurables of the commands are registered here: `experiment`
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import errno
 import inspect
 import os
 import re
+import signal
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
@@ -160,3 +162,28 @@ def os_error_message(error: OSError, directory: str) -> str:
     hint = _OS_HINTS.get(error.errno)
     message = f"cannot write to {error.filename or directory}: {reason}"
     return f"{message}; {hint}" if hint else message
+
+
+# Set by the sweep in the environment of each cell it starts: the sweep's process id.
+PARENT_PID_ENV = "TFPRUNE_PARENT_PID"
+# Sent to a cell when its sweep dies. Not SIGTERM: Linux sends it again each time the cell
+# passes to another of the dying sweep's threads, and a repeated SIGTERM means "stop now".
+PARENT_GONE_SIGNAL = signal.SIGUSR1
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a process a sweep started (`PARENT_PID_ENV` set), has Linux send
+    `PARENT_GONE_SIGNAL` to this process when the sweep dies, even by SIGKILL, so that a cell
+    never trains on as an orphan (`tfprune.train` then writes a checkpoint and stops, and the
+    next sweep resumes it). Elsewhere, nothing."""
+    parent = os.environ.get(PARENT_PID_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, PARENT_GONE_SIGNAL, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        logging.warning("prctl failed (errno %d): this cell may outlive its sweep", error)
+        return
+    if os.getppid() != int(parent):  # the sweep died before the request was made
+        os.kill(os.getpid(), PARENT_GONE_SIGNAL)

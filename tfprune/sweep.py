@@ -50,6 +50,7 @@ from tfprune.cli import (
     GIN_BINDINGS,
     GIN_FILES,
     OUTPUT_DIR,
+    PARENT_PID_ENV,
     ablations_configurable,
     experiment_configurable,
     fail,
@@ -365,7 +366,9 @@ class Sweep:
         command += [f"--gin_bindings={b}" for b in cell_bindings(cell, self.shared_dir)]
         started = time.time()
         with open(log_path, "a") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            # The cell stops (with a checkpoint) if the sweep dies: see `die_with_parent`.
+            env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
             with self.lock:
                 self.processes.add(process)
             code = process.wait()

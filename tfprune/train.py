@@ -22,7 +22,9 @@ from tfprune.cli import (
     GIN_BINDINGS,
     GIN_FILES,
     OUTPUT_DIR,
+    PARENT_GONE_SIGNAL,
     ablations_configurable,
+    die_with_parent,
     experiment_configurable,
     fail,
     flags_parser,
@@ -41,14 +43,23 @@ OVERWRITE = flags.DEFINE_bool(
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a checkpoint-and-stop request for the training loop."""
+    """Turns SIGTERM/SIGINT into a checkpoint-and-stop request for the training loop (a
+    second one stops at once), and `PARENT_GONE_SIGNAL` (the sweep that started this run
+    died) into the same request, however often it comes."""
 
     def __init__(self):
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, PARENT_GONE_SIGNAL):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == PARENT_GONE_SIGNAL:
+            if self.signal is None:
+                self.signal = signal.SIGTERM
+                logging.warning(
+                    "the sweep that started this run is gone: writing a checkpoint, then stopping"
+                )
+            return
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
@@ -59,6 +70,7 @@ class _StopRequest:
 
 
 def main(argv):
+    die_with_parent()
     if len(argv) > 1:
         fail("tfprune.train", f"unexpected arguments: {' '.join(argv[1:])}")
     output_dir = OUTPUT_DIR.value
