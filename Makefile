@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one of them.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 .PHONY: demo test test-all lint setup data clean
 

@@ -55,6 +55,7 @@ from tfprune.cli import (
     experiment_configurable,
     fail,
     flags_parser,
+    os_error_message,
     parse_gin,
     training_configurable,
 )
@@ -605,7 +606,10 @@ def main(argv):
         fail("tfprune.sweep", str(error))
     signal.signal(signal.SIGTERM, sweep.stop)
     signal.signal(signal.SIGINT, sweep.stop)
-    code = sweep.run(STATUS_SECONDS.value)
+    try:
+        code = sweep.run(STATUS_SECONDS.value)
+    except OSError as error:
+        fail("tfprune.sweep", os_error_message(error, OUTPUT_DIR.value))
     took = time.time() - sweep.started
     print(
         f"{sweep.done}/{len(shard)} cells done, {len(sweep.failed)} failed, "
