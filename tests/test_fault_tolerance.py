@@ -80,7 +80,7 @@ def test_diverging_run_keeps_its_good_checkpoints_and_a_corrupted_one_is_skipped
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     assert sorted(os.listdir(checkpoint_dir)) == ["ckpt-000000008", "ckpt-000000016"]
     with np.load(os.path.join(checkpoint_dir, "ckpt-000000016", "variables.npz")) as data:
-        assert all(np.all(np.isfinite(data[k])) for k in data.files)
+        assert all(np.all(np.isfinite(data[k])) for k in data.files if k != "paths")
     with open(os.path.join(checkpoint_dir, "ckpt-000000016", "variables.npz"), "r+b") as f:
         f.write(b"\0" * 64)
     again = _procs.run("tfprune.train", *args)
