@@ -160,3 +160,19 @@ def test_an_unfinished_run_directory_made_read_only_ends_in_one_line():
         last = _last_line(_train(run_dir))
         assert f"cannot write to output directory {run_dir}" in last
         assert "Read-only file system" in last
+
+
+def test_a_run_directory_killed_before_its_config_was_written_can_be_used(tmp_path):
+    """A kill between creating the directory and renaming config.json into it leaves the
+    lock and a temporary file: that is no foreign content."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".tfprune.lock").write_text("12345\n")
+    (run_dir / ".tmp-k2j3h4.tmp").write_text('{"experiment": ')
+    with claim_output_dir(str(run_dir), _config(0.1), overwrite=False):
+        with open(run_dir / "config.json") as f:
+            assert json.load(f) == _config(0.1)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is not empty and holds no tfprune run"):
+        prepare_output_dir(str(tmp_path / "other"), _config(0.1), overwrite=False)

@@ -351,7 +351,8 @@ def _check_usable(output_dir: str) -> None:
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise OutputError(f"output directory {output_dir} exists and is not a directory")
     if os.path.isdir(output_dir) and not os.path.exists(os.path.join(output_dir, "config.json")):
-        if set(os.listdir(output_dir)) - {LOCK_NAME}:
+        # The lock and the temporary files of an atomic write cut short do not make a run.
+        if [n for n in os.listdir(output_dir) if n != LOCK_NAME and not n.startswith(".tmp-")]:
             raise OutputError(
                 f"{output_dir} is not empty and holds no tfprune run; choose another output "
                 "directory"
