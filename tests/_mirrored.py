@@ -5,6 +5,10 @@ here, in a process of their own, before anything else:
 
     python tests/_mirrored.py checks OUT.json MODEL [MODEL ...]
     python tests/_mirrored.py run OUT.json RUN_DIR [STOP_AFTER_POLLS]
+
+The networks are float64: one device and two replicas sum each batch's gradients in different
+orders, which in float64 moves the weights by float64 rounding only, so
+tests/test_distribute.py can compare the two closely.
 """
 
 import json
@@ -18,6 +22,8 @@ tf.config.set_logical_device_configuration(_CPU, [tf.config.LogicalDeviceConfigu
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+keras.config.set_floatx("float64")
 
 import tfprune  # noqa: E402
 from tfprune import experiment as experiment_lib  # noqa: E402

@@ -7,6 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from _tolerance import approx
 
 import tfprune
 from tfprune.errors import ConfigError
@@ -530,12 +531,15 @@ def test_report_of_a_global_magnitude_run():
     }
     assert list(report.score_stats) == ["one/kernel", "two/kernel"]
     for path, stats in report.score_stats.items():
+        # The weights are float32 roundings of the decimals (relative error u each); min, max,
+        # median and mean of positive values keep that relative error: one rounding.
         for key, value in expected[path].items():
-            assert stats[key] == pytest.approx(value, rel=1e-6), (path, key)
+            assert stats[key] == approx(value, np.float32, 1), (path, key)
         assert stats["min"] <= stats["median"] <= stats["max"]
         assert stats["std"] > 0
-        # The largest pruned score anywhere is .25, below every layer's lowest kept score.
-        assert stats["kept_min"] >= 0.25 - 1e-7
+        # The largest pruned score anywhere is .25 (exact in float32), below every layer's
+        # lowest kept score.
+        assert stats["kept_min"] > 0.25
 
 
 def test_report_rounds_and_empty_layers():

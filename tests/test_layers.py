@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from _procs import ENV, ROOT
+from _tolerance import tolerance
 
 import tfprune
 from tfprune.errors import ModelError
@@ -71,25 +74,90 @@ def _conv_input(config: dict, rng: np.random.Generator) -> np.ndarray:
     return rng.normal(size=(2, 9, 9, 3)).astype(np.float32)
 
 
+def _stock_conv(config: dict, x: np.ndarray, kernel: np.ndarray, bias, dtype="float32"):
+    """The stock `Conv2D` of `config` with `kernel` and `bias`, run on `x` in `dtype`.
+
+    TensorFlow's CPU Conv2D takes channels_first (NCHW) input only where oneDNN is on, so a
+    channels_first layer runs here as the same layer on the transposed input, its output
+    transposed back: the same numbers, on any CPU.
+    """
+    channels_first = config.get("data_format") == "channels_first"
+    if channels_first:
+        x = np.transpose(x, (0, 2, 3, 1))
+    stock = keras.layers.Conv2D(**{**config, "data_format": "channels_last"}, dtype=dtype)
+    stock.build(x.shape)
+    stock.kernel.assign(kernel.astype(dtype))
+    if stock.use_bias:
+        stock.bias.assign(bias.astype(dtype))
+    outputs = stock(x.astype(dtype)).numpy()
+    return np.transpose(outputs, (0, 3, 1, 2)) if channels_first else outputs
+
+
+def _assert_float64_conv(outputs: np.ndarray, config: dict, x, kernel, bias) -> None:
+    """Checks float32 `outputs` against the stock layer of `config` run in float64."""
+    # Each output is a sum of kh·kw·c_in products, then the bias and the activation (4 more:
+    # tanh is within a few ulp); Σ|term| comes from |x|, |kernel| and |bias|.
+    linear = {**config, "activation": None}
+    terms = int(np.prod(kernel.shape[:-1])) + 4
+    scale = _stock_conv(linear, np.abs(x), np.abs(kernel), np.abs(bias), "float64").max()
+    reference = _stock_conv(config, x, kernel, bias, "float64")
+    np.testing.assert_allclose(outputs, reference, **tolerance(np.float32, terms, scale))
+
+
+def _check_conv(layer: MaskedConv2D, config: dict, x: np.ndarray) -> np.ndarray:
+    """Checks `layer(x)` against the stock layer whose kernel is `kernel * mask`."""
+    outputs = layer(x).numpy()
+    kernel = layer.kernel.numpy() * layer.mask.numpy()
+    bias = layer.bias.numpy() if layer.use_bias else np.zeros(layer.filters, np.float32)
+    if config.get("data_format") != "channels_first":
+        # The same convolution op on the same input and kernel: bit for bit.
+        np.testing.assert_array_equal(outputs, _stock_conv(config, x, kernel, bias))
+    _assert_float64_conv(outputs, config, x, kernel, bias)  # any layout
+    return outputs
+
+
 @pytest.mark.parametrize("config", CONV_CONFIGS)
 def test_conv_matches_stock_conv(config):
     rng = np.random.default_rng(0)
     x = _conv_input(config, rng)
-    stock = keras.layers.Conv2D(**config, bias_initializer="random_normal")
-    expected = stock(x).numpy()
-    layer = _twin(stock, MaskedConv2D, config, x)
-    np.testing.assert_array_equal(layer(x).numpy(), expected)
+    layer = MaskedConv2D(**config, bias_initializer="random_normal")
+    dense = _check_conv(layer, config, x)
 
-    mask = _random_mask(rng, layer.mask.shape)
-    layer.mask.assign(mask)
-    pruned_stock = keras.layers.Conv2D(**config)
-    pruned_stock(x)
-    pruned_stock.kernel.assign(stock.kernel.numpy() * mask)
-    if stock.use_bias:
-        pruned_stock.bias.assign(stock.bias)
-    pruned = layer(x).numpy()
-    np.testing.assert_allclose(pruned, pruned_stock(x).numpy(), rtol=1e-6, atol=1e-6)
-    assert not np.allclose(pruned, expected)
+    layer.mask.assign(_random_mask(rng, layer.mask.shape))
+    pruned = _check_conv(layer, config, x)
+    assert not np.allclose(pruned, dense)
+
+
+def test_channels_first_conv_where_the_cpu_kernel_refuses_nchw(tmp_path):
+    """TensorFlow's CPU Conv2D raises UnimplementedError for NCHW input where oneDNN is off,
+    as it is by default on CPUs without AVX-512 VNNI and the like: the masked layer's
+    channels_first path must not need it. Run in a process with oneDNN turned off."""
+    config = dict(filters=4, kernel_size=3, strides=2, data_format="channels_first")
+    x = _conv_input(config, np.random.default_rng(9))
+    np.save(tmp_path / "x.npy", x)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from tfprune.layers import MaskedConv2D
+        x = np.load(sys.argv[1])
+        layer = MaskedConv2D(**{config!r}, bias_initializer="random_normal")
+        layer(x)
+        mask = np.ones(layer.mask.shape, np.float32)
+        mask[0, 1], mask[2, 2, 1] = 0.0, 0.0
+        layer.mask.assign(mask)
+        np.savez(sys.argv[2], y=layer(x).numpy(), kernel=layer.kernel.numpy() * mask,
+                 bias=layer.bias.numpy())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
+        cwd=ROOT, env=dict(ENV, TF_ENABLE_ONEDNN_OPTS="0"), capture_output=True, text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "y.npz") as saved:
+        _assert_float64_conv(saved["y"], config, x, saved["kernel"], saved["bias"])
 
 
 @pytest.mark.parametrize("config, input_shape", DENSE_CONFIGS)
@@ -109,7 +177,8 @@ def test_dense_matches_stock_dense(config, input_shape):
     if stock.use_bias:
         pruned_stock.bias.assign(stock.bias)
     pruned = layer(x).numpy()
-    np.testing.assert_allclose(pruned, pruned_stock(x).numpy(), rtol=1e-6, atol=1e-6)
+    # The same matmul on the same input and kernel values: bit for bit.
+    np.testing.assert_array_equal(pruned, pruned_stock(x).numpy())
     assert not np.allclose(pruned, expected)
 
 
@@ -174,8 +243,9 @@ def test_gradient_is_zero_at_pruned_weights(cls, config, x_shape):
 
     assert np.all(grad[mask == 0] == 0.0)
     assert np.count_nonzero(grad[mask == 1]) == np.count_nonzero(mask)
-    # d/dw L(w * m) = m * L'(w * m): the kept weights get the stock layer's gradient.
-    np.testing.assert_allclose(grad, stock_grad * mask, rtol=1e-5, atol=1e-6)
+    # d/dw L(w * m) = m * L'(w * m): the kept weights get the stock layer's gradient, which
+    # the same ops compute from the same values, so bit for bit.
+    np.testing.assert_array_equal(grad, stock_grad * mask)
 
 
 # SPEC §1 "mask": the mask is saved with the model (configuration, .keras archive).
@@ -361,12 +431,10 @@ def _check_masked_copy(
             assert new.activation is old.activation
             if old.use_bias:
                 np.testing.assert_array_equal(new.bias.numpy(), old.bias.numpy())
+    # Stock and masked layers run the same ops on the same weights (the mask is all ones).
     for training in modes:
-        np.testing.assert_allclose(
-            converted(x, training=training).numpy(),
-            original(x, training=training).numpy(),
-            rtol=1e-6,
-            atol=1e-6,
+        np.testing.assert_array_equal(
+            converted(x, training=training).numpy(), original(x, training=training).numpy()
         )
 
 

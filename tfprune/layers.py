@@ -160,7 +160,8 @@ class MaskedConv2D(_MaskedKernelLayer):
         kernel_size: An int or a pair of ints, the window's height and width.
         strides: An int or a pair of ints.
         padding: `"valid"` or `"same"` (case-insensitive).
-        data_format: `"channels_last"` (default) or `"channels_first"`.
+        data_format: `"channels_last"` (default) or `"channels_first"`; a channels-first
+            input is convolved in channels-last order, so it runs on any CPU.
         dilation_rate: An int or a pair of ints.
         groups: Number of groups the input channels are split into.
         activation, use_bias, *_initializer, *_regularizer, *_constraint: As for
@@ -212,20 +213,23 @@ class MaskedConv2D(_MaskedKernelLayer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis: input_channels})
 
     def call(self, inputs):
+        channels_first = self.data_format == "channels_first"
+        if channels_first:
+            # TensorFlow's CPU Conv2D runs NCHW only where oneDNN is on; elsewhere it raises
+            # UnimplementedError. Convolving in NHWC works on every device.
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
         outputs = ops.conv(
             inputs,
             self.masked_kernel,
             strides=self.strides,
             padding=self.padding,
-            data_format=self.data_format,
+            data_format="channels_last",
             dilation_rate=self.dilation_rate,
         )
         if self.bias is not None:
-            if self.data_format == "channels_last":
-                bias = ops.reshape(self.bias, (1, 1, 1, self.filters))
-            else:
-                bias = ops.reshape(self.bias, (1, self.filters, 1, 1))
-            outputs = ops.add(outputs, bias)
+            outputs = ops.add(outputs, ops.reshape(self.bias, (1, 1, 1, self.filters)))
+        if channels_first:
+            outputs = ops.transpose(outputs, (0, 3, 1, 2))
         return self._finish(outputs)
 
     def compute_output_shape(self, input_shape):
