@@ -267,6 +267,36 @@ CLI_CASES = [
         ["--run_dir={tmp}/unfinished", "--format=onnx"],
         ["unknown format 'onnx'; choose one of keras, saved_model, tflite"],
     ),
+    (
+        "density-nan",
+        "train",
+        [SNIP, "--gin_bindings=experiment.density = nan"],
+        [
+            "invalid gin binding 'experiment.density = nan': cannot read the value nan "
+            "(line 1: experiment.density = nan): gin has no nan or inf; a density must be a "
+            "number in (0, 1]"
+        ],
+    ),
+    (
+        "gin-file-is-a-directory",
+        "train",
+        ["--gin_file={tmp}/unfinished"],
+        ["gin file '{tmp}/unfinished' is a directory: give a gin file (.gin)"],
+    ),
+    (
+        "sweep-gin-file-is-a-directory",
+        "sweep",
+        ["--gin_file={tmp}/unfinished", "--methods=snip", "--output_dir={tmp}/sweep"],
+        ["gin file '{tmp}/unfinished' is a directory: give a gin file (.gin)"],
+    ),
+    (
+        "gin-file-binds-nothing",
+        "train",
+        ["--gin_file={tmp}/comments.gin"],
+        ["gin file '{tmp}/comments.gin' binds nothing (it is empty or holds only comments)"],
+    ),
+    # Refused after the gin files are read: the log says that no method was bound.
+    ("no-method-bound", "train", ["--gin_bindings=training.batch_size = 0"], ["batch_size"]),
 ]
 
 
@@ -278,6 +308,8 @@ def cli_runs(tmp_path_factory):
         f.write("not a directory\n")
     with open(os.path.join(tmp, "bad_include.gin"), "w") as f:
         f.write("include 'nothere.gin'\n")
+    with open(os.path.join(tmp, "comments.gin"), "w") as f:
+        f.write("# experiment.method = 'snip'\n\n    # indented comment\n")
     os.makedirs(os.path.join(tmp, "unfinished"))
     with open(os.path.join(tmp, "unfinished", "config.json"), "w") as f:
         f.write("{}\n")
@@ -313,6 +345,14 @@ def test_cli_bad_input_ends_with_one_line_naming_it_and_status_2(
         assert not os.path.exists(os.path.join(tmp, "runs"))
 
 
+def test_train_says_when_no_method_was_bound(cli_runs):
+    runs, _ = cli_runs
+    notice = "no experiment.method bound: training the dense network"
+    assert sum(notice in line for line in runs["no-method-bound"].stderr.splitlines()) == 1
+    for bound in ("unknown-model", "output-dir-is-a-file"):
+        assert notice not in runs[bound].stderr, bound
+
+
 def test_cli_bad_step_leaves_no_run_directory_behind(cli_runs):
     runs, tmp = cli_runs
     for name in ("step-without-unit", "prune-step-after-end", "too-many-examples-per-class"):
@@ -332,6 +372,16 @@ def test_cli_bad_step_leaves_no_run_directory_behind(cli_runs):
         ([], ["experiment.data_dir = /data"], ["Unable to parse value", "/data"]),
         ([], ["experiment.method = snip"], ["cannot read the value snip", "'snip'"]),
         (["missing.gin"], [], ["gin file 'missing.gin' does not exist"]),
+        ([], ["experiment.density = inf"], ["value inf", "no nan or inf; a density must be"]),
+        ([], ["experiment.density = -Infinity"], ["value -Infinity", "no nan or inf; a density"]),
+        (
+            [],
+            ["experiment.density = float('nan')"],
+            ["value float", "gin calls no function such as float(...); a density must be"],
+        ),
+        ([], ["training.learning_rate = nan"], ["value nan", "no nan or inf; give a number"]),
+        ([], ["experiment.dataset = cifar10"], ["write a string in quotes: 'cifar10'"]),
+        ([os.path.dirname(__file__)], [], ["is a directory: give a gin file (.gin)"]),
     ],
 )
 def test_parse_gin_errors_name_the_binding_and_the_choices(files, bindings, fragments):
@@ -345,6 +395,25 @@ def test_parse_gin_errors_name_the_binding_and_the_choices(files, bindings, frag
     assert "\n" not in message and "object at 0x" not in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# experiment.method = 'snip'\n  # more\n"])
+def test_parse_gin_refuses_a_file_that_binds_nothing(tmp_path, text):
+    path = tmp_path / "nothing.gin"
+    path.write_text(text)
+    gin.clear_config()
+    try:
+        with pytest.raises(ConfigError) as error:
+            parse_gin([str(path)], [])
+        path.write_text(text + "experiment.seed = 3  # one binding\n")
+        parse_gin([str(path)], [])
+        assert gin.query_parameter("experiment.seed") == 3
+    finally:
+        gin.clear_config()
+    assert str(error.value) == (
+        f"gin file '{path}' binds nothing (it is empty or holds only comments): give the file "
+        "with your settings, such as gin_configs/snip.gin"
+    )
 
 
 def test_parse_gin_file_syntax_error_names_the_file(tmp_path):
@@ -464,6 +533,26 @@ Y = np.arange(20) % 10
             [f"{__file__}/m.keras"],
         ),
         (lambda m: tfprune.masked("model"), ModelError, ["functional or Sequential"]),
+        (
+            lambda m: tfprune.prune(m, "magnitude", float("nan")),
+            ConfigError,
+            ["density must be in (0, 1], got nan"],
+        ),
+        (
+            lambda m: tfprune.prune(m, "uniform", np.float32("nan")),
+            ConfigError,
+            ["density must be in (0, 1], got nan"],
+        ),
+        (
+            lambda m: tfprune.prune(m, "magnitude", float("inf")),
+            ConfigError,
+            ["density must be in (0, 1], got inf"],
+        ),
+        (
+            lambda m: Experiment(method="snip", density=float("nan")).validate(),
+            ConfigError,
+            ["density must be in (0, 1], got nan"],
+        ),
     ],
 )
 def test_python_api_bad_input_raises_a_one_line_tfprune_error(call, error, fragments):

@@ -238,3 +238,111 @@ def test_short_resnet20_experiment_runs_one_step(tmp_path):
     # One input channel: the first conv has 3*3*1*16 weights instead of CIFAR's 3*3*3*16.
     total = 270_896 - 3 * 3 * 2 * 16
     assert results["density_actual"] == pytest.approx(round(0.05 * total) / total, rel=1e-12)
+
+
+# --- start-up: quiet TensorFlow, --help, the package's lazy imports ----------------------------
+
+# What TensorFlow 2.21 prints at start-up on a CPU-only machine unless it is held back.
+NOISE = ("cuda", "onednn", "cpu_feature_guard", "absl::initializelog")
+# The user's environment, without the log level tests/_procs.py sets for every other test.
+UNSET_LEVEL = {k: v for k, v in _procs.ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+SHARED_FLAGS = {
+    "--gin_file": "Gin config file(s), applied in order.",
+    "--gin_bindings": "Gin bindings, applied after the files.",
+    "--output_dir": "tfprune.train: the run directory",
+}
+
+
+def _noise(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if any(w in line.lower() for w in NOISE)]
+
+
+@pytest.mark.parametrize(
+    "module, own_flags",
+    [("tfprune.train", ["--[no]overwrite"]), ("tfprune.sweep", ["--methods", "--densities"])],
+)
+def test_help_lists_the_shared_flags_and_starts_quietly(module, own_flags):
+    proc = _procs.run(module, "--help", env=UNSET_LEVEL, timeout=120)
+    assert _noise(proc.stderr) == [], proc.stderr
+    for flag in own_flags:
+        assert f"  {flag}: " in proc.stdout, proc.stdout
+    for flag, text in SHARED_FLAGS.items():
+        assert f"  {flag}: {text}" in proc.stdout, proc.stdout
+
+
+def test_bad_input_run_starts_quietly():
+    proc = _procs.run(
+        "tfprune.train", "--gin_bindings=experiment.method = 'snip'",
+        "--gin_bindings=experiment.density = 2.0", env=UNSET_LEVEL, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert _noise(proc.stderr) == [], proc.stderr
+    assert proc.stderr.splitlines() == [
+        "tfprune.train: error: density must be in (0, 1], got 2.0"
+    ]
+
+
+def test_kept_lines_drops_tensorflow_start_up_lines_below_the_level():
+    from tfprune._startup import kept_lines
+
+    text = (
+        "output before any message\n"
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1796166267.742333    4002 port.cc:153] oneDNN custom operations are on.\n"
+        "W0000 00:00:1796166267.800000    4002 foo.cc:1] a warning\n"
+        "E0000 00:00:1796166270.151365    4002 cuda_platform.cc:52] failed call to cuInit\n"
+        "F0000 00:00:1796166270.151365    4002 main.cc:9] fatal\n"
+        "W1201 23:06:40.707046 140274911546240 file_utils.py:394] absl's Python log, dated\n"
+        "/x/y.py:3: UserWarning: from Python\n"
+    )
+    lines = text.splitlines(keepends=True)
+    python = lines[6:]
+    assert kept_lines(text, 0) == text
+    assert kept_lines(text, 1) == "".join([lines[0], *lines[3:6], *python])
+    assert kept_lines(text, 2) == "".join([lines[0], *lines[4:6], *python])
+    assert kept_lines(text, 3) == "".join([lines[0], lines[5], *python])
+    assert kept_lines(text, 4) == "".join([lines[0], *python])
+
+
+def test_quiet_tensorflow_keeps_the_users_level(monkeypatch):
+    from tfprune._startup import quiet_tensorflow
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    quiet_tensorflow()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    quiet_tensorflow()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+
+
+_PACKAGE_IMPORTS = """
+import os, sys
+if sys.argv[1] == "-m":
+    # What `python -m tfprune.<command>` does: the package is imported while argv[0] is "-m".
+    sys.argv[0] = "-m"
+    import tfprune
+    assert "tensorflow" not in sys.modules, "the package imported TensorFlow"
+    sys.argv[0] = "x.py"
+    from tfprune import MaskedDense, prune, load_model
+    assert prune is tfprune.prune and load_model is tfprune.deploy.load_model
+    assert [n for n in tfprune.__all__ if getattr(tfprune, n) is None] == []
+else:
+    import tfprune
+    import keras
+    # `import tfprune` alone registers the masked layers for keras.models.load_model.
+    found = keras.saving.get_registered_object("tfprune>MaskedDense")
+    assert found is sys.modules["tfprune.layers"].MaskedDense, found
+    assert "tfprune.pruning" not in sys.modules
+assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "a library import set the log level"
+assert sorted(tfprune.__all__) == sorted(set(tfprune.__all__)) and "load_model" in dir(tfprune)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["-m", "import"])
+def test_package_import_leaves_the_environment_and_tensorflow_alone(how):
+    proc = subprocess.run(
+        [_procs.sys.executable, "-c", _PACKAGE_IMPORTS, how],
+        cwd=ROOT, env=UNSET_LEVEL, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import _procs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -478,3 +479,132 @@ def test_streamed_pipeline_crops_to_224_and_resumes(monkeypatch):
     assert x.shape == (6, 224, 224, 3) and np.bincount(y).tolist() == [2, 2, 2]
     with pytest.raises(DataError, match="examples_per_class"):
         pruning_data("imagenet2012", 5, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# A dataset that is not on disk: offline, fail within seconds and leave nothing behind
+
+HOW = "prepare it once with TFDS on a machine with network access and pass that data_dir"
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _route_through_proxy(monkeypatch, port: int) -> None:
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+
+
+class _FailingBuilder:
+    """A TFDS builder of a dataset not on disk whose preparation writes parts, then fails."""
+
+    MANUAL_DOWNLOAD_INSTRUCTIONS = None
+
+    def __init__(self, root: Path, url_infos=None):
+        self.data_dir_root = str(root)
+        self.url_infos = url_infos
+        self.calls = 0
+
+    def is_prepared(self):
+        return False
+
+    def download_and_prepare(self):
+        self.calls += 1
+        root = Path(self.data_dir_root)
+        for path in (
+            "downloads/cifar100/cifar-100-binary.tar.gz.tmp.f9a3",
+            "downloads/mnist/new.tmp",
+            "downloads/extracted/TAR_GZ.cifar-100/a/b.bin",
+            "cifar100/incomplete.AFZA5V_3.0.2/cifar100-train.tfrecord-00000-of-00001",
+        ):
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(b"partial")
+        raise ConnectionError("connection reset by peer")
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.is_file() and p.read_bytes() for p in root.rglob("*")}
+
+
+def test_train_on_a_dataset_not_on_disk_fails_offline_in_seconds_and_writes_nothing(tmp_path):
+    # Downloads go through a proxy that refuses every connection: offline on any machine.
+    port = _closed_port()
+    env = {k: v for k, v in _procs.ENV.items() if k.lower() != "no_proxy"}
+    env.update(dict.fromkeys(PROXY_VARIABLES, f"http://127.0.0.1:{port}"))
+    data_dir, run_dir = tmp_path / "tfds", tmp_path / "run"
+    start = time.monotonic()
+    proc = _procs.run(
+        "tfprune.train",
+        "--gin_bindings=experiment.dataset = 'cifar100'",
+        "--gin_bindings=experiment.model = 'resnet20'",
+        f"--gin_bindings=experiment.data_dir = '{data_dir}'",
+        f"--output_dir={run_dir}",
+        env=env,
+        timeout=60,  # a guard against minutes of retries, not a benchmark
+    )
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tfprune.train: error: cifar100 is not in {data_dir} and cannot be downloaded (no "
+        f"connection to 127.0.0.1:{port}: Connection refused): {HOW}"
+    )
+    assert not run_dir.exists()
+    assert not data_dir.exists()
+
+
+def test_failed_tfds_preparation_removes_only_what_it_created(tmp_path):
+    root = tmp_path / "tfds"
+    for path in ("downloads/mnist/mnist.tar.gz", "downloads/extracted/OLD/x", "mnist/3.0.1/x"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"kept")
+    before = _tree(root)
+    builder = _FailingBuilder(root)
+    with pytest.raises(DataError) as error:
+        data._prepare(builder, "cifar100")
+    assert builder.calls == 1
+    assert str(error.value) == (
+        f"cifar100 is not in {root} and TFDS could not prepare it (ConnectionError: connection "
+        f"reset by peer): {HOW}"
+    )
+    assert _tree(root) == before
+    # A data_dir that TFDS had to create goes entirely, with the folders above it.
+    with pytest.raises(DataError):
+        data._prepare(_FailingBuilder(tmp_path / "new" / "tfds"), "cifar100")
+    assert not (tmp_path / "new").exists()
+
+
+def test_download_is_tried_only_when_a_download_host_answers(tmp_path, monkeypatch):
+    builder = _FailingBuilder(tmp_path / "tfds", {"https://data.example/cifar.tar.gz": None})
+    closed = _closed_port()
+    _route_through_proxy(monkeypatch, closed)
+    with pytest.raises(DataError) as error:
+        data._prepare(builder, "cifar100")
+    assert builder.calls == 0
+    assert f"cannot be downloaded (no connection to 127.0.0.1:{closed}: " in str(error.value)
+    assert not (tmp_path / "tfds").exists()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        _route_through_proxy(monkeypatch, listener.getsockname()[1])
+        with pytest.raises(DataError, match="TFDS could not prepare it"):
+            data._prepare(builder, "cifar100")
+    assert builder.calls == 1
+
+
+def test_prepared_data_is_used_without_a_connection_attempt(tmp_path, no_network):
+    class Prepared(_FailingBuilder):
+        def is_prepared(self):
+            return True
+
+    builder = Prepared(tmp_path, {"https://data.example/cifar.tar.gz": None})
+    assert data._prepare(builder, "cifar100") is builder
+    folder = _write_idx_folder(
+        tmp_path / "mnist", np.zeros((3, 2, 2)), np.arange(3), np.zeros((1, 2, 2)), np.ones(1)
+    )
+    assert data.prepare("mnist", str(folder)) == DatasetInfo("mnist", (2, 2, 1), 10, 3, 1)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import _procs
 import keras
@@ -402,3 +403,122 @@ def test_cli_bad_inputs_fail_in_one_line(finished_run, tmp_path):
         assert lines[-1].startswith("tfprune.export: error: "), (args, proc.stderr[-2000:])
         assert message in lines[-1], (args, lines[-1])
         assert "Traceback" not in proc.stderr, args
+
+
+# --- loading a saved masked model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_masked(tmp_path_factory):
+    """A pruned LeNet saved with model.save: its path, masks and outputs on a fixed batch."""
+    model, masks = _pruned("lenet_300_100", (28, 28, 1))
+    path = str(tmp_path_factory.mktemp("saved") / "model.keras")
+    model.save(path)
+    return path, masks, np.asarray(model(_batch((28, 28, 1))))
+
+
+def test_load_model_restores_masked_layers_masks_and_outputs(saved_masked):
+    path, masks, outputs = saved_masked
+    assert tfprune.load_model is deploy.load_model
+    model = tfprune.load_model(path)
+    assert type(model.get_layer("fc1")) is tfprune.MaskedDense
+    loaded = tfprune.get_masks(model)
+    assert set(loaded) == set(masks)
+    for key, mask in masks.items():
+        np.testing.assert_array_equal(loaded[key], mask)
+    np.testing.assert_array_equal(np.asarray(model(_batch((28, 28, 1)))), outputs)
+
+
+def test_plain_keras_loads_a_masked_model_once_tfprune_is_imported(saved_masked):
+    # Keras imports no module a .keras file names outside Keras itself (keras/src/saving/
+    # serialization_lib.py), so the masked layers must be registered by importing tfprune.
+    proc = _python(
+        """
+        import sys
+        import keras
+        try:
+            keras.models.load_model(sys.argv[1])
+        except TypeError as error:
+            assert "tfprune>MaskedDense" in str(error), str(error)[:300]
+        else:
+            raise AssertionError("loaded without tfprune")
+        import tfprune
+        model = keras.models.load_model(sys.argv[1])
+        assert type(model.get_layer("fc1")).__name__ == "MaskedDense"
+        print("ok")
+        """,
+        saved_masked[0],
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def _broken_keras_files(path, folder):
+    """{name: (path, expected message)} for files tfprune.load_model must refuse."""
+    with open(path, "rb") as f:
+        content = f.read()
+    files = {}
+
+    def write(name, data):
+        target = os.path.join(folder, name)
+        with open(target, "wb") as f:
+            f.write(data)
+        return target
+
+    truncated = write("truncated.keras", content[: len(content) // 2])
+    files["truncated"] = (
+        truncated,
+        f"{truncated} is not a readable .keras file (truncated or corrupt): File is not a zip file",
+    )
+    flipped = bytearray(content)
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("model.weights.h5")
+    flipped[info.header_offset + 200] ^= 0xFF  # inside the weights' data
+    damaged = write("damaged.keras", bytes(flipped))
+    files["damaged"] = (
+        damaged,
+        f"{damaged} is not a readable .keras file (truncated or corrupt): its member "
+        "model.weights.h5 is damaged",
+    )
+    foreign = os.path.join(folder, "foreign.keras")
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    files["foreign"] = (
+        foreign,
+        f"{foreign} is not a .keras model: the archive has no metadata.json or config.json",
+    )
+    h5 = write("model.h5", content)
+    files["h5"] = (h5, f"{h5} is not a .keras file: save the model with model.save('x.keras')")
+    missing = os.path.join(folder, "missing.keras")
+    files["missing"] = (missing, f"{missing} does not exist: give the path of a .keras file")
+    run_dir = os.path.join(folder, "run")
+    os.makedirs(run_dir)
+    write(os.path.join("run", "model.keras"), content)
+    files["run directory"] = (
+        run_dir,
+        f"{run_dir} is a directory, not a .keras file (it holds {run_dir}/model.keras)",
+    )
+    return files
+
+
+def test_load_model_refuses_broken_files_in_one_line(saved_masked, tmp_path):
+    for name, (path, message) in _broken_keras_files(saved_masked[0], str(tmp_path)).items():
+        with pytest.raises(ModelError) as error:
+            tfprune.load_model(path)
+        assert str(error.value) == message, name
+
+
+def test_cli_names_a_truncated_model_keras(saved_masked, tmp_path):
+    with open(saved_masked[0], "rb") as f:
+        content = f.read()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.keras").write_bytes(content[:1000])
+    (run_dir / "results.json").write_text("{}")
+    proc = _cli(f"--run_dir={run_dir}", "--format=keras")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tfprune.export: error: {run_dir}/model.keras is not a readable .keras file "
+        "(truncated or corrupt): File is not a zip file"
+    )
+    assert not (run_dir / "export").exists()

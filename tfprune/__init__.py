@@ -1,67 +1,69 @@
 """tfprune: pruning neural networks at initialization with TensorFlow and Keras 3.
 
-The public API lives here; everything else is private by convention.
+The public API lives here; everything else is private by convention. Names are imported on
+first use (PEP 562), so that `python -m tfprune.<command>` can set TensorFlow's log level
+before TensorFlow is imported.
 """
 
-from tfprune import data, errors, models
-from tfprune.layers import MaskedConv2D, MaskedDense, PrunableWeight, masked, prunable_weights
-from tfprune.pruning import (
-    ABLATIONS,
-    PruneReport,
-    Scorer,
-    assign_masks,
-    get_masks,
-    layer_densities,
-    load_masks,
-    method_names,
-    overall_density,
-    prune,
-    prune_with_report,
-    register_scorer,
-    save_masks,
-    score,
-    scorer_names,
-    select,
-)
-from tfprune.training import SGD, PiecewiseSchedule, TrainConfig
+import importlib
+import sys
+
 from tfprune.version import __version__
 
-# The experiment runner uses every stage above, so it is imported last.
-from tfprune.experiment import Experiment, run  # noqa: E402  isort: skip
-from tfprune.deploy import export, size_report, strip  # noqa: E402  isort: skip
+# Public name -> the module that defines it.
+_ORIGINS = {
+    "data": "tfprune.data",
+    "errors": "tfprune.errors",
+    "models": "tfprune.models",
+    **dict.fromkeys(
+        ("MaskedConv2D", "MaskedDense", "PrunableWeight", "masked", "prunable_weights"),
+        "tfprune.layers",
+    ),
+    **dict.fromkeys(
+        (
+            "ABLATIONS",
+            "PruneReport",
+            "Scorer",
+            "assign_masks",
+            "get_masks",
+            "layer_densities",
+            "load_masks",
+            "method_names",
+            "overall_density",
+            "prune",
+            "prune_with_report",
+            "register_scorer",
+            "save_masks",
+            "score",
+            "scorer_names",
+            "select",
+        ),
+        "tfprune.pruning",
+    ),
+    **dict.fromkeys(("SGD", "PiecewiseSchedule", "TrainConfig"), "tfprune.training"),
+    **dict.fromkeys(("Experiment", "run"), "tfprune.experiment"),
+    **dict.fromkeys(("export", "load_model", "size_report", "strip"), "tfprune.deploy"),
+}
 
-__all__ = [
-    "ABLATIONS",
-    "MaskedConv2D",
-    "MaskedDense",
-    "Experiment",
-    "PiecewiseSchedule",
-    "PrunableWeight",
-    "PruneReport",
-    "SGD",
-    "Scorer",
-    "TrainConfig",
-    "__version__",
-    "assign_masks",
-    "data",
-    "errors",
-    "get_masks",
-    "layer_densities",
-    "load_masks",
-    "masked",
-    "method_names",
-    "models",
-    "overall_density",
-    "prunable_weights",
-    "prune",
-    "prune_with_report",
-    "register_scorer",
-    "run",
-    "save_masks",
-    "score",
-    "scorer_names",
-    "select",
-    "export",
-    "size_report",
-    "strip",
-]
+__all__ = ["__version__", *_ORIGINS]
+
+
+def __getattr__(name: str):
+    origin = _ORIGINS.get(name)
+    if origin is None:
+        raise AttributeError(f"module 'tfprune' has no attribute {name!r}")
+    module = importlib.import_module(origin)
+    value = module if origin == f"tfprune.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ORIGINS})
+
+
+# `import tfprune` registers the masked layers with Keras, so that `keras.models.load_model`
+# reads a saved masked model. Python sets sys.argv[0] to "-m" while it imports the package of
+# `python -m tfprune.<command>`: the command imports TensorFlow itself, after its log level.
+if getattr(sys, "argv", [])[:1] != ["-m"]:
+    importlib.import_module("tfprune.layers")

@@ -95,9 +95,8 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         ConfigError: for a missing file or an invalid file or binding, in one line that names
             the file or binding, the problem and, for an unknown name, the known ones.
     """
+    check_gin_files(files)
     for path in files:
-        if not os.path.isfile(path):
-            raise ConfigError(f"gin file {path!r} does not exist")
         directory = os.path.dirname(os.path.abspath(path))
         for prefix in (directory, os.path.dirname(directory)):
             gin.add_config_file_search_path(prefix)
@@ -112,6 +111,39 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         gin.finalize()
     finally:
         logging.set_verbosity(verbosity)
+
+
+def check_gin_files(files: Sequence[str]) -> None:
+    """Checks that every path names a readable gin file that binds something.
+
+    Raises:
+        ConfigError: naming the file: it does not exist, is a directory, cannot be read, or
+            holds nothing but blank lines and comments (it would change no setting).
+    """
+    for path in files:
+        if os.path.isdir(path):
+            raise ConfigError(f"gin file {path!r} is a directory: give a gin file (.gin)")
+        if not os.path.isfile(path):
+            raise ConfigError(f"gin file {path!r} does not exist")
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = [line.strip() for line in f]
+        except OSError as error:
+            raise ConfigError(f"cannot read gin file {path!r}: {error.strerror}") from None
+        if all(not line or line.startswith("#") for line in lines):
+            raise ConfigError(
+                f"gin file {path!r} binds nothing (it is empty or holds only comments): give "
+                "the file with your settings, such as gin_configs/snip.gin"
+            )
+
+
+def method_bound() -> bool:
+    """Whether the parsed gin files and bindings set `experiment.method`."""
+    try:
+        gin.query_parameter("experiment.method")
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_one(parse: Callable[[str], object], source: str, where: str) -> None:
@@ -129,7 +161,18 @@ def _gin_reason(error: BaseException) -> str:
         token = re.search(r"Failed to parse token '(.*?)'", error.msg or "")
         if token:
             value = token.group(1)
-            return f"cannot read the value {value}{line}; write a string in quotes: '{value}'"
+            text = error.text or ""
+            # Quoting these would make them strings: say what gin cannot do instead.
+            if value.lstrip("+-").lower() in ("nan", "inf", "infinity"):
+                problem, need = "gin has no nan or inf", "give a number"
+            elif re.search(rf"(?<![\w.]){re.escape(value)}\s*\(", text):
+                problem, need = f"gin calls no function such as {value}(...)", "give the value"
+            else:
+                return f"cannot read the value {value}{line}; write a string in quotes: '{value}'"
+            parameter = re.match(r"\s*([\w.]+)\s*=", text)
+            if parameter and parameter.group(1).split(".")[-1] == "density":
+                need = "a density must be a number in (0, 1]"
+            return f"cannot read the value {value}{line}: {problem}; {need}"
         return f"{(error.msg or 'syntax error').rstrip('.')}{line}"
     reason = " ".join(str(error).split())
     if "No configurable matching" in reason:

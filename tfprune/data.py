@@ -31,7 +31,11 @@ import functools
 import gzip
 import math
 import os
+import shutil
+import socket
 import struct
+import urllib.parse
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
@@ -65,6 +69,11 @@ _HOW_TO_GET = {
     "(train-images-idx3-ubyte.gz, ...), or prepare it once with TFDS on a machine with network "
     "access and pass that data_dir",
 }
+
+# Before TFDS downloads, one connection attempt of this many seconds to the download hosts (and
+# TFDS' own bucket): offline, TFDS would retry for minutes before failing.
+_PROBE_SECONDS = 5.0
+_TFDS_BUCKET = "https://storage.googleapis.com"
 
 _TINY = "tiny_imagenet"
 _TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -444,19 +453,91 @@ def _prepare(builder, name: str):
             f"{name} must be downloaded by hand: place {what} in {manual_dir} and run again, "
             "TFDS then prepares it offline"
         )
-    logging.info("%s is not prepared in %s: preparing it with TFDS", name, builder.data_dir_root)
+    root = Path(builder.data_dir_root)
+    how = _HOW_TO_GET.get(
+        name, "prepare it once with TFDS on a machine with network access and pass that data_dir"
+    )
+    unreachable = _unreachable(builder)
+    if unreachable:
+        raise DataError(
+            f"{name} is not in {root} and cannot be downloaded ({unreachable}): {how}"
+        )
+    logging.info("%s is not prepared in %s: preparing it with TFDS", name, root)
+    created = _Created(root)
     try:
         builder.download_and_prepare()
     except Exception as e:  # network, checksum, missing optional module, ...: all user-fixable
-        how = _HOW_TO_GET.get(
-            name,
-            "prepare it once with TFDS on a machine with network access and pass that data_dir",
-        )
+        created.remove()
         raise DataError(
-            f"{name} is not in {builder.data_dir_root} and TFDS could not prepare it "
-            f"({_first_line(e)}): {how}"
+            f"{name} is not in {root} and TFDS could not prepare it ({_first_line(e)}): {how}"
         ) from e
     return builder
+
+
+def _unreachable(builder) -> str | None:
+    """Why none of the hosts a TFDS download would use answers, or None if one does.
+
+    None too when the dataset names no download URL: there is then nothing to try.
+    """
+    urls = list(builder.url_infos or ())
+    if not urls:
+        return None
+    reasons = []
+    for address in dict.fromkeys(_address(url) for url in (*urls, _TFDS_BUCKET)):
+        try:
+            socket.create_connection(address, timeout=_PROBE_SECONDS).close()
+            return None
+        except OSError as error:
+            reasons.append(f"{address[0]}:{address[1]}: {error.strerror or error}")
+    return "no connection to " + ", ".join(reasons)
+
+
+def _address(url: str) -> tuple[str, int]:
+    """The (host, port) a download of `url` connects to: its proxy's, if one is set for it."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    default = {"https": 443, "ftp": 21}.get(parts.scheme, 80)
+    return parts.hostname or "", parts.port or default
+
+
+class _Created:
+    """What a TFDS preparation adds under its data dir, to remove it again if it fails.
+
+    Paths are compared up to three levels below the data dir (`downloads/<dataset>/<file>`,
+    `<dataset>/incomplete.<id>`), and folders above it that did not exist go too.
+    """
+
+    _DEPTH = 3
+
+    def __init__(self, root: Path):
+        top = root
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        self.top = None if top.exists() else top
+        self.root = root
+        self.before = self._paths()
+
+    def _paths(self) -> set[Path]:
+        paths, level = set(), [self.root]
+        for _ in range(self._DEPTH):
+            level = [p for d in level if d.is_dir() and not d.is_symlink() for p in d.iterdir()]
+            paths.update(level)
+        return paths
+
+    def remove(self) -> None:
+        if self.top is not None:
+            shutil.rmtree(self.top, ignore_errors=True)
+            return
+        new = self._paths() - self.before
+        for path in sorted(new):
+            if path.parent in new:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _tfds_recipe(name: str, builder) -> tuple[_Recipe, str, str]:
@@ -723,6 +804,28 @@ def dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     if name in _KNOWN_INFO and not builder.is_prepared():
         return _KNOWN_INFO[name]
     return _TfdsSource(name, data_dir, _prepare(builder, name)).info()
+
+
+def prepare(name: str, data_dir: str | None = None) -> DatasetInfo:
+    """Makes sure a dataset is on disk, downloading it with TFDS if needed, and describes it.
+
+    Unlike `dataset_info`, which answers for a known dataset from its published sizes, this
+    finds the files (call it before writing anything that needs them). The network is tried
+    only when the data is not on disk: offline, it fails within seconds; a failed download
+    leaves nothing behind in `data_dir`.
+
+    Args:
+        name: dataset name (see `dataset_info`).
+        data_dir: folder holding the data (see `dataset_info`).
+
+    Returns:
+        The dataset's `DatasetInfo`, read from disk.
+
+    Raises:
+        DataError: the data is not on disk and cannot be downloaded; the message says how to
+            get it.
+    """
+    return _source(name, data_dir).info()
 
 
 def train_dataset(

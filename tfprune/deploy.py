@@ -19,6 +19,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
+import zlib
 
 import keras
 import numpy as np
@@ -43,6 +45,8 @@ SIGNATURE = "serving_default"
 INPUT_NAME = "inputs"
 OUTPUT_NAME = "logits"
 REPORT_SUFFIX = ".report.json"
+# What `model.save("x.keras")` always writes into the archive.
+_KERAS_MEMBERS = ("metadata.json", "config.json")
 
 
 def strip(model: keras.Model) -> keras.Model:
@@ -128,6 +132,70 @@ def export(
     except OSError as error:
         raise OutputError(f"cannot write {report_path(path)}: {error}") from error
     return content
+
+
+def load_model(path: str | os.PathLike, **kwargs) -> keras.Model:
+    """Loads a `.keras` model, masked layers included, with Keras' safe mode on by default.
+
+    `keras.models.load_model` finds tfprune's layers only once tfprune is imported (Keras
+    imports no module named in the file outside Keras); this function needs nothing more. The
+    file is checked first, so that a missing, truncated or foreign file gets a one-line error.
+
+    Args:
+        path: A `.keras` file (a run's `model.keras`, or `model.save("name.keras")`).
+        **kwargs: Passed to `keras.models.load_model` (`compile`, `safe_mode`, ...).
+
+    Returns:
+        The model, with its masks.
+
+    Raises:
+        ModelError: for a path that does not exist, a directory, a file that is not a `.keras`
+            file or is truncated or corrupt, or a model Keras cannot rebuild.
+
+    Example:
+
+    >>> net = tfprune.models.build("lenet_300_100", (28, 28, 1), 10)
+    >>> net.save("/tmp/lenet.keras")
+    >>> type(tfprune.load_model("/tmp/lenet.keras").get_layer("fc1")).__name__
+    'MaskedDense'
+    """
+    path = os.fspath(path)
+    _check_keras_file(path)
+    kwargs.setdefault("safe_mode", True)
+    try:
+        return keras.models.load_model(path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        # Keras appends the whole object config to some messages: keep the sentence before it.
+        reason = " ".join(str(error).split()).split(" Full object config:")[0]
+        raise ModelError(f"cannot load {path}: {reason[:300]}") from error
+
+
+def _check_keras_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise ModelError(f"{path} does not exist: give the path of a .keras file")
+    if os.path.isdir(path):
+        hint = ""
+        if os.path.isfile(os.path.join(path, "model.keras")):
+            hint = f" (it holds {os.path.join(path, 'model.keras')})"
+        elif os.path.isfile(os.path.join(path, "saved_model.pb")):
+            hint = " (a SavedModel: load it with tf.saved_model.load)"
+        raise ModelError(f"{path} is a directory, not a .keras file{hint}")
+    if not path.endswith(".keras"):
+        raise ModelError(f"{path} is not a .keras file: save the model with model.save('x.keras')")
+    broken = f"{path} is not a readable .keras file (truncated or corrupt)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise ModelError(f"{broken}: {error}") from None
+    if damaged is not None:
+        raise ModelError(f"{broken}: its member {damaged} is damaged")
+    missing = [name for name in _KERAS_MEMBERS if name not in names]
+    if missing:
+        raise ModelError(
+            f"{path} is not a .keras model: the archive has no {' or '.join(missing)}"
+        )
 
 
 def report_path(path: str) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from absl import logging
 
 from tfprune import after_training, models
+from tfprune import data as data_lib
 from tfprune.errors import ConfigError, DataError
 from tfprune.pruning import (
     check_ablations,
@@ -233,6 +234,9 @@ def run(
     strategy = make_strategy(experiment.strategy)
     ctx = _context(experiment, training, strategy)
     _check_fit(experiment, ctx)
+    if overwrite or read_results(output_dir) is None:
+        # Before the run directory exists: a dataset that cannot be had leaves nothing behind.
+        data_lib.prepare(experiment.dataset, experiment.data_dir)
     # The chief alone writes the run directory, and holds it while the run lasts.
     claim = (
         claim_output_dir(output_dir, config, overwrite)

@@ -17,13 +17,17 @@ module would rebind it to the module.
 
 from __future__ import annotations
 
-import os
-import zipfile
+if __name__ == "__main__":
+    # First: TensorFlow reads its log level when it is imported.
+    from tfprune._startup import quiet_tensorflow
 
-import keras
+    quiet_tensorflow()
+
+import os
+
 from absl import app, flags
 
-from tfprune import deploy  # also registers the masked layers that model.keras holds
+from tfprune import deploy
 from tfprune.cli import fail, flags_parser
 from tfprune.errors import TfpruneError
 
@@ -71,10 +75,7 @@ def main(argv):
         )
     output = OUTPUT.value or os.path.join(run_dir, "export", DEFAULT_NAMES[format, sparsity])
     try:
-        model = keras.models.load_model(model_path, safe_mode=True)
-    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as error:
-        fail(PROGRAM, f"cannot load {model_path}: {error}")
-    try:
+        model = deploy.load_model(model_path)
         report = deploy.export(model, output, format, sparsity=sparsity)
     except TfpruneError as error:
         fail(PROGRAM, str(error))

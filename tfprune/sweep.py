@@ -25,6 +25,12 @@ training writes to `D/logs/<cell>.log`; a line follows each finished cell, with 
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First: TensorFlow reads its log level when it is imported.
+    from tfprune._startup import quiet_tensorflow
+
+    quiet_tensorflow()
+
 import concurrent.futures
 import csv
 import dataclasses
@@ -52,6 +58,7 @@ from tfprune.cli import (
     OUTPUT_DIR,
     PARENT_PID_ENV,
     ablations_configurable,
+    check_gin_files,
     experiment_configurable,
     fail,
     flags_parser,
@@ -575,9 +582,7 @@ def main(argv):
     try:
         if not OUTPUT_DIR.value:
             raise ConfigError("--output_dir is required")
-        for path in GIN_FILES.value:
-            if not os.path.isfile(path):
-                raise ConfigError(f"gin file {path!r} does not exist")
+        check_gin_files(GIN_FILES.value)
         if JOBS.value < 1:
             raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
         if not STATUS_SECONDS.value >= 0:
@@ -621,4 +626,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # --help lists the main module's flags only: the shared ones are this command's too.
+    for shared in (GIN_FILES, GIN_BINDINGS, OUTPUT_DIR):
+        flags.declare_key_flag(shared)
     app.run(main, flags_parser=flags_parser("tfprune.sweep"))

@@ -10,6 +10,12 @@ stderr and exit status 2.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First: TensorFlow reads its log level when it is imported.
+    from tfprune._startup import quiet_tensorflow
+
+    quiet_tensorflow()
+
 import os
 import signal
 import sys
@@ -28,12 +34,13 @@ from tfprune.cli import (
     experiment_configurable,
     fail,
     flags_parser,
+    method_bound,
     os_error_message,
     parse_gin,
     training_configurable,
 )
 from tfprune.errors import TfpruneError
-from tfprune.experiment import default_output_dir, run
+from tfprune.experiment import DENSE, default_output_dir, run
 from tfprune.pruning import ABLATIONS, check_ablations
 from tfprune.training import Interrupted
 
@@ -77,6 +84,8 @@ def main(argv):
     try:
         parse_gin(GIN_FILES.value, GIN_BINDINGS.value)
         experiment = experiment_configurable()
+        if experiment.method == DENSE and not method_bound():
+            logging.warning("no experiment.method bound: training the dense network")
         switched = set(check_ablations(experiment.ablations)) | set(ablations_configurable())
         experiment.ablations = tuple(a for a in ABLATIONS if a in switched)
         training = training_configurable()
@@ -98,4 +107,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # --help lists the main module's flags only: the shared ones are this command's too.
+    for shared in (GIN_FILES, GIN_BINDINGS, OUTPUT_DIR):
+        flags.declare_key_flag(shared)
     app.run(main, flags_parser=flags_parser("tfprune.train"))
