@@ -234,7 +234,8 @@ def run(
     strategy = make_strategy(experiment.strategy)
     ctx = _context(experiment, training, strategy)
     _check_fit(experiment, ctx)
-    if overwrite or read_results(output_dir) is None:
+    finished = None if overwrite else read_results(output_dir)
+    if finished is None:
         # Before the run directory exists: a dataset that cannot be had leaves nothing behind.
         data_lib.prepare(experiment.dataset, experiment.data_dir)
     # The chief alone writes the run directory, and holds it while the run lasts.
@@ -244,14 +245,13 @@ def run(
         else contextlib.nullcontext()
     )
     with claim:
-        return _run_in(experiment, ctx, output_dir, config, should_stop)
+        if finished is not None:
+            logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
+            return finished
+        return _run_claimed(experiment, ctx, output_dir, config, should_stop)
 
 
-def _run_in(experiment, ctx: RunContext, output_dir, config, should_stop) -> dict:
-    finished = read_results(output_dir)
-    if finished is not None:
-        logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
-        return finished
+def _run_claimed(experiment, ctx: RunContext, output_dir, config, should_stop) -> dict:
     fields = {
         "method": experiment.method,
         "ablations": list(check_ablations(experiment.ablations)),
