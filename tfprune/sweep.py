@@ -403,7 +403,7 @@ class Sweep:
         if not self.durations or remaining <= 0:
             return "ETA --"
         seconds = sum(self.durations) / len(self.durations) * remaining / self.jobs
-        return f"ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        return f"ETA {_duration(seconds)}"
 
     def _watched(self, monitor: CellMonitor, cell: dict, relative: str) -> None:
         """Runs a cell with its progress in the monitor's status lines meanwhile."""
