@@ -151,10 +151,17 @@ def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_there_is_space():
         assert _procs.results(run_dir)["epochs"] == 2
 
 
-def test_an_unfinished_run_directory_made_read_only_ends_in_one_line():
+def test_a_read_only_run_directory_is_read_when_finished_and_refused_in_one_line_when_not():
     with _small_filesystem("64m") as fs:
         run_dir = os.path.join(fs, "run")
         assert _train(run_dir).returncode == 0
+        _remount(fs, "ro")
+        finished = _train(run_dir)  # a finished run is read, nothing is written
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        assert f"run_dir={run_dir}" in finished.stdout
+        other = _last_line(_train(run_dir, "--gin_bindings=experiment.density = 0.2"))
+        assert "(experiment.density: 0.05 there, 0.2 here)" in other
+        _remount(fs, "rw")
         os.remove(os.path.join(run_dir, "results.json"))  # unfinished again
         _remount(fs, "ro")
         last = _last_line(_train(run_dir))

@@ -38,6 +38,7 @@ from tfprune.pruning.selection import check_density, check_scope
 from tfprune.runner import (
     STRATEGIES,
     RunContext,
+    check_same_configuration,
     claim_output_dir,
     finish,
     is_chief,
@@ -235,9 +236,13 @@ def run(
     ctx = _context(experiment, training, strategy)
     _check_fit(experiment, ctx)
     finished = None if overwrite else read_results(output_dir)
-    if finished is None:
-        # Before the run directory exists: a dataset that cannot be had leaves nothing behind.
-        data_lib.prepare(experiment.dataset, experiment.data_dir)
+    if finished is not None:
+        # Nothing is written: a finished run can be read from a read-only copy.
+        check_same_configuration(output_dir, config)
+        logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
+        return finished
+    # Before the run directory exists: a dataset that cannot be had leaves nothing behind.
+    data_lib.prepare(experiment.dataset, experiment.data_dir)
     # The chief alone writes the run directory, and holds it while the run lasts.
     claim = (
         claim_output_dir(output_dir, config, overwrite)
@@ -245,9 +250,6 @@ def run(
         else contextlib.nullcontext()
     )
     with claim:
-        if finished is not None:
-            logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
-            return finished
         return _run_claimed(experiment, ctx, output_dir, config, should_stop)
 
 

@@ -295,12 +295,7 @@ def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
         logging.warning("overwriting the run in %s", output_dir)
         _empty(output_dir)
     elif is_run:
-        difference = _difference(config_path, config)
-        if difference:
-            raise OutputError(
-                f"{output_dir} holds a run with a different configuration ({difference}); "
-                "choose another output directory or pass --overwrite to replace it"
-            )
+        check_same_configuration(output_dir, config)
     try:
         os.makedirs(output_dir, exist_ok=True)
         if not os.path.exists(config_path):
@@ -308,6 +303,17 @@ def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
         _check_writable(output_dir)
     except OSError as error:
         raise OutputError(f"cannot write to output directory {output_dir}: {error}") from error
+
+
+def check_same_configuration(output_dir: str, config: dict) -> None:
+    """Raises OutputError, naming the first setting that differs, unless the run in
+    `output_dir` has the configuration `config` (up to the settings in `COSMETIC`)."""
+    difference = _difference(os.path.join(output_dir, "config.json"), config)
+    if difference:
+        raise OutputError(
+            f"{output_dir} holds a run with a different configuration ({difference}); "
+            "choose another output directory or pass --overwrite to replace it"
+        )
 
 
 @contextlib.contextmanager

@@ -76,6 +76,19 @@ class _StopRequest:
         return self.signal is not None
 
 
+def _write_operative_config(output_dir: str, text: str) -> None:
+    """Writes the operative gin config beside the results, unless it is there already (a
+    finished run read again, perhaps from a read-only copy)."""
+    path = os.path.join(output_dir, "operative_config.gin")
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    write_text(path, text)
+
+
 def main(argv):
     die_with_parent()
     if len(argv) > 1:
@@ -92,7 +105,7 @@ def main(argv):
         output_dir = output_dir or default_output_dir(experiment, training)
         stop = _StopRequest()
         results = run(experiment, training, output_dir, overwrite=OVERWRITE.value, should_stop=stop)
-        write_text(os.path.join(output_dir, "operative_config.gin"), gin.operative_config_str())
+        _write_operative_config(output_dir, gin.operative_config_str())
     except Interrupted as interrupted:
         logging.warning("%s", interrupted)
         sys.exit(128 + (stop.signal or signal.SIGINT))
