@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 keras.config.set_floatx("float64")
 
 import tfprune  # noqa: E402
-from tfprune import experiment as experiment_lib  # noqa: E402
+from tfprune import execute as experiment_lib  # noqa: E402
 from tfprune.runner import RunContext  # noqa: E402
 from tfprune.training import Interrupted, TrainConfig  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from _tolerance import approx
 
-from tfprune import experiment as experiment_lib
+from tfprune import execute as experiment_lib
 from tfprune.errors import ConfigError
 from tfprune.experiment import Experiment, run
 from tfprune.layers import MaskedDense

@@ -429,9 +429,10 @@ def test_load_model_restores_masked_layers_masks_and_outputs(saved_masked):
     np.testing.assert_array_equal(np.asarray(model(_batch((28, 28, 1)))), outputs)
 
 
-def test_plain_keras_loads_a_masked_model_once_tfprune_is_imported(saved_masked):
+def test_plain_keras_loads_a_masked_model_once_tfprune_layers_are_imported(saved_masked):
     # Keras imports no module a .keras file names outside Keras itself (keras/src/saving/
-    # serialization_lib.py), so the masked layers must be registered by importing tfprune.
+    # serialization_lib.py), so the masked layers must be registered by importing tfprune's
+    # layers (`import tfprune` alone stays light and loads no TensorFlow).
     proc = _python(
         """
         import sys
@@ -442,7 +443,7 @@ def test_plain_keras_loads_a_masked_model_once_tfprune_is_imported(saved_masked)
             assert "tfprune>MaskedDense" in str(error), str(error)[:300]
         else:
             raise AssertionError("loaded without tfprune")
-        import tfprune
+        import tfprune.layers
         model = keras.models.load_model(sys.argv[1])
         assert type(model.get_layer("fc1")).__name__ == "MaskedDense"
         print("ok")

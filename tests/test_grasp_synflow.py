@@ -11,6 +11,7 @@ import tensorflow as tf
 from _tolerance import tolerance
 
 import tfprune
+from tfprune import registry
 from tfprune.errors import ConfigError, ModelError
 from tfprune.layers import MaskedConv2D, MaskedDense, prunable_weights
 from tfprune.pruning import synflow
@@ -360,7 +361,7 @@ def test_synflow_runs_100_rounds_by_default_and_copies_once(monkeypatch):
     model = _cnn(seed=6)
     total = _total(model)
     masks = tfprune.prune(model, "synflow", 0.1)
-    assert len(calls) == SynflowScorer.default_rounds == 100
+    assert len(calls) == registry.get("synflow").default_rounds == 100
     assert copies == ["cnn"]
     assert _kept(masks) == round(0.1 * total) == 14  # 13.5, half to even
     # Each round scores the previous round's mask: d^((i - 1) / 100) before round i.
@@ -438,7 +439,12 @@ def test_exact_counts(method, density):
 
 def test_scorers_are_registered_with_their_options():
     assert {"grasp", "synflow"} <= set(tfprune.scorer_names())
-    assert GraspScorer.needs_data and not SynflowScorer.needs_data
-    assert GraspScorer.default_rounds == 1
+    grasp, synflow_method = registry.get("grasp"), registry.get("synflow")
+    assert grasp.needs_data and not synflow_method.needs_data
+    assert grasp.default_rounds == 1
+    # The options a method file declares (so that checking them imports no implementation)
+    # are those its scorer takes.
+    assert grasp.option_defaults() == registry.scorer_options(GraspScorer)
+    assert synflow_method.option_defaults() == registry.scorer_options(SynflowScorer) == {}
     with pytest.raises(ConfigError, match="'temperature'"):
         tfprune.score(_cnn(), "synflow", temperature=2.0)

@@ -269,3 +269,13 @@ def test_numpy_ints_are_accepted():
 def test_vgg16_rejects_inputs_too_small_for_its_pools():
     with pytest.raises(ConfigError, match="16x16"):
         models.build("vgg16", (8, 8, 3), 10)
+
+
+def test_the_networks_table_knows_the_smallest_input_of_each_network():
+    """`tfprune.models` names and checks networks without importing them: its table must hold
+    what the builders themselves require."""
+    from tfprune.models import vgg_cifar
+
+    assert models.MIN_SIDE == {"vgg16": vgg_cifar.MIN_SIDE}
+    for name in models.names():
+        assert callable(models.builder(name))

@@ -13,7 +13,7 @@ from matplotlib.collections import PolyCollection
 
 from tfprune import report
 from tfprune.errors import ConfigError, DataError
-from tfprune.results_table import COLUMNS
+from tfprune.results import COLUMNS
 
 LAYERS = ("fc1/kernel", "fc2/kernel", "fc/kernel")
 DENSITIES = (0.8**3, 0.8**6, 0.8**9)

@@ -1,12 +1,13 @@
 """tfprune: pruning neural networks at initialization with TensorFlow and Keras 3.
 
 The public API lives here; everything else is private by convention. Names are imported on
-first use (PEP 562), so that `python -m tfprune.<command>` can set TensorFlow's log level
-before TensorFlow is imported.
+first use (PEP 562): `import tfprune` loads no TensorFlow, so that the report and the planning
+of a sweep stay light and `python -m tfprune.<command>` can set TensorFlow's log level before
+TensorFlow is imported. Keras learns tfprune's layers when `tfprune.layers` is imported (by
+`tfprune.load_model`, `tfprune.MaskedDense`, `tfprune.masked`, ...).
 """
 
 import importlib
-import sys
 
 from tfprune.version import __version__
 
@@ -60,10 +61,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_ORIGINS})
-
-
-# `import tfprune` registers the masked layers with Keras, so that `keras.models.load_model`
-# reads a saved masked model. Python sets sys.argv[0] to "-m" while it imports the package of
-# `python -m tfprune.<command>`: the command imports TensorFlow itself, after its log level.
-if getattr(sys, "argv", [])[:1] != ["-m"]:
-    importlib.import_module("tfprune.layers")

@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 
 from absl import logging
 
+from tfprune import registry
 from tfprune._io import atomic_path
 from tfprune.errors import ConfigError
+from tfprune.methods.lottery import DEFAULT_RATE, lottery_level  # noqa: F401  re-exported
 from tfprune.pruning import (
     assign_masks,
     get_masks,
@@ -53,32 +54,6 @@ from tfprune.runner import (
 )
 from tfprune.training import load_snapshot
 
-METHODS = ("magnitude_after_training", "lottery", "lottery_oneshot")
-ABLATIONS = ("shuffle", "reinit")
-DEFAULT_RATE = 0.2
-
-
-def lottery_level(density: float, rate: float = DEFAULT_RATE) -> int:
-    """The lottery level n whose density (1 - rate)^n is `density`.
-
-    Raises:
-        ConfigError: if `density` is not such a power.
-
-    Example:
-
-    >>> lottery_level(0.8**3)
-    3
-    """
-    if not 0 < rate < 1:
-        raise ConfigError(f"the lottery pruning rate must be in (0, 1), got {rate!r}")
-    level = round(math.log(density) / math.log(1 - rate))
-    if level < 0 or not math.isclose((1 - rate) ** level, density, rel_tol=1e-6):
-        raise ConfigError(
-            f"lottery reaches densities {1 - rate:g}^n; {density!r} is none of them "
-            "(use lottery_oneshot for any density)"
-        )
-    return level
-
 
 def run(
     ctx: RunContext,
@@ -97,11 +72,12 @@ def run(
 
     Args:
         ctx: Data, network and training of the configuration.
-        method: One of `METHODS`.
+        method: A method of kind `registry.AFTER_TRAINING`; its settings say whether it is
+            iterative (lottery levels) and where it rewinds by default.
         density: Fraction of the prunable weights kept.
-        ablations: Any of `ABLATIONS`.
-        rewind_step: Rewinding iteration k; None fine-tunes from w_T
-            (`magnitude_after_training` only).
+        ablations: Any of the method's ablations.
+        rewind_step: Rewinding iteration k; None fine-tunes from w_T (for a method whose
+            default is not to rewind).
         rate: Fraction of the remaining weights each lottery level removes.
         shared_dir: Where the shared dense training and lottery levels are kept.
         output_dir: The run directory of this run.
@@ -111,19 +87,22 @@ def run(
     Returns:
         The run's results.
     """
+    entry = registry.get(method)
     for name in ablations:
-        if name not in ABLATIONS:
+        if name not in entry.ablations:
             raise ConfigError(
-                f"ablation {name!r} does not apply to {method}; use {' or '.join(ABLATIONS)}"
+                f"ablation {name!r} does not apply to {method}; use {' or '.join(entry.ablations)}"
             )
     rewind_step = default_rewind(method, rewind_step)
     trunk = _trunk_dir(ctx, shared_dir)
     dense_dir = _dense(ctx, trunk, rewind_step, should_stop)
-    if method == "lottery":
+    if entry.settings["iterative"]:
         level = lottery_level(density, rate)
         if level == 0:
-            raise ConfigError("lottery level 0 is the dense network; use method 'dense'")
-        level_dir = _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop)
+            raise ConfigError(
+                f"{method} level 0 is the dense network; use method {registry.dense().name!r}"
+            )
+        level_dir = _level(ctx, method, trunk, dense_dir, level, rewind_step, rate, should_stop)
         if not ablations:
             return _adopt(level_dir, output_dir, fields)
         parent = dense_dir if level == 1 else _level_dir(trunk, level - 1, rewind_step, rate)
@@ -134,7 +113,9 @@ def run(
 
     target = density if level_dir is None else (1 - rate) ** level
     shuffle_seed = ctx.seed if "shuffle" in ablations else None
-    model, _ = _pruned_and_rewound(ctx, parent, target, dense_dir, rewind_step, shuffle_seed)
+    model, _ = _pruned_and_rewound(
+        ctx, method, parent, target, dense_dir, rewind_step, shuffle_seed
+    )
     if "reinit" in ablations:
         reinitialize(model, ctx.seed)
     trainer = ctx.trainer(model, output_dir, should_stop=should_stop, start_step=start)
@@ -143,15 +124,17 @@ def run(
 
 
 def default_rewind(method: str, rewind_step: int | None) -> int | None:
-    """The rewind step a method uses: iteration 0 for the lottery methods when none is given;
-    none (fine-tuning from w_T) for `magnitude_after_training`."""
-    if method != "magnitude_after_training" and rewind_step is None:
-        return 0
+    """The rewind step a method uses: the one given, else the method's default (iteration 0
+    for the lottery methods; none, fine-tuning from w_T, for magnitude pruning after
+    training)."""
+    if rewind_step is None:
+        return registry.get(method).settings["rewind_default"]
     return rewind_step
 
 
 def _pruned_and_rewound(
     ctx: RunContext,
+    method: str,
     parent: str,
     density: float,
     dense_dir: str,
@@ -163,7 +146,7 @@ def _pruned_and_rewound(
     (kept at w_T when `rewind_step` is None). Returns `(model, masks)`."""
     model = ctx.build_model()
     load_snapshot(model, snapshot_path(parent, ctx.total_steps))
-    masks = prune(model, "magnitude", density)
+    masks = prune(model, registry.get(method).settings["scored_by"], density)
     if shuffle_seed is not None:
         masks = shuffle_masks(masks, shuffle_seed)
     if rewind_step is not None:
@@ -194,19 +177,20 @@ def _dense(ctx: RunContext, trunk: str, rewind_step: int | None, should_stop) ->
     rewind step k > 0 is a directory of its own (`dense-k<k>`), so a finished shared run is
     never replaced while another process may be reading it.
     """
-    name = "dense" if not rewind_step else f"dense-k{rewind_step}"
+    dense = registry.dense().name
+    name = dense if not rewind_step else f"{dense}-k{rewind_step}"
     run_dir = os.path.join(trunk, name)
     keep = {0, ctx.total_steps} | ({rewind_step} if rewind_step is not None else set())
     with locked(run_dir):
         if read_results(run_dir) is not None:
             return run_dir
         prepare_output_dir(
-            run_dir, {"shared": "dense", "trunk": trunk, "keep_steps": sorted(keep)}, False
+            run_dir, {"shared": dense, "trunk": trunk, "keep_steps": sorted(keep)}, False
         )
         model = ctx.build_model()
         trainer = ctx.trainer(model, run_dir, should_stop=should_stop, keep_steps=keep)
         state = trainer.run()
-        finish(model, state, run_dir, {"method": "dense", "ablations": [], "seed": ctx.seed})
+        finish(model, state, run_dir, {"method": dense, "ablations": [], "seed": ctx.seed})
     return run_dir
 
 
@@ -214,7 +198,7 @@ def _level_dir(trunk: str, level: int, rewind_step: int, rate: float) -> str:
     return os.path.join(trunk, f"lottery-k{rewind_step}-r{rate:g}", f"level-{level:02d}")
 
 
-def _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
+def _level(ctx, method, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
     """Lottery level `level` (computing the missing levels before it); returns its directory."""
     for n in range(1, level + 1):
         run_dir = _level_dir(trunk, n, rewind_step, rate)
@@ -224,10 +208,12 @@ def _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
                 continue
             prepare_output_dir(
                 run_dir,
-                {"shared": "lottery", "level": n, "rewind_step": rewind_step, "rate": rate},
+                {"shared": method, "level": n, "rewind_step": rewind_step, "rate": rate},
                 overwrite=False,
             )
-            model, masks = _pruned_and_rewound(ctx, parent, (1 - rate) ** n, dense_dir, rewind_step)
+            model, masks = _pruned_and_rewound(
+                ctx, method, parent, (1 - rate) ** n, dense_dir, rewind_step
+            )
             logging.info(
                 "lottery level %d: %d weights kept, rewound to iteration %d",
                 n,
@@ -248,7 +234,7 @@ def _level(ctx, trunk, dense_dir, level, rewind_step, rate, should_stop) -> str:
                 state,
                 run_dir,
                 {
-                    "method": "lottery",
+                    "method": method,
                     "ablations": [],
                     "level": n,
                     "kept": kept_count((1 - rate) ** n, total),

@@ -1,9 +1,9 @@
-"""One experiment end to end: data → model → pruning → training → results on disk.
+"""What to run: an experiment's configuration, its checks, and where it runs.
 
 `run(Experiment(...), TrainConfig(...), output_dir)` is what `python -m tfprune.train` calls
-after reading its gin files; it works the same without gin. Pruning at initialization (or at a
-step t) happens inside the training loop; the after-training baselines are in
-`tfprune.after_training`.
+after reading its gin files; it works the same without gin. Checking a configuration
+(`Experiment.validate`, `check`) imports no TensorFlow, so a sweep plans with it; `run` hands
+over to `tfprune.execute`: data → model → pruning → training → results on disk.
 
 A run directory holds `config.json` (what was asked), `checkpoints/`, `tensorboard/`,
 `masks.npz` and `pruning.json` (once pruned), and on completion `model.keras` and
@@ -13,45 +13,27 @@ different configuration is refused unless `overwrite=True`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import os
 from collections.abc import Callable
 
-from absl import logging
-
-from tfprune import after_training, models
 from tfprune import data as data_lib
+from tfprune import models, registry
 from tfprune.errors import ConfigError, DataError
-from tfprune.pruning import (
-    check_ablations,
-    check_method,
-    check_options,
-    needs_data,
-    prune_with_report,
-    save_masks,
-)
+from tfprune.methods.lottery import lottery_level
 from tfprune.pruning.selection import check_density, check_scope
-from tfprune.runner import (
-    STRATEGIES,
-    RunContext,
-    check_same_configuration,
-    claim_output_dir,
-    finish,
-    is_chief,
-    make_strategy,
-    read_results,
-    semantic,
-    write_json,
-)
+from tfprune.registry import check_ablations
+from tfprune.rundir import semantic
 from tfprune.steps import to_iterations
-from tfprune.training import TrainConfig, TrainState
+from tfprune.training import TrainConfig
 from tfprune.version import __version__
 
-DENSE = "dense"
+DENSE = registry.dense().name
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 
 
 @dataclasses.dataclass
@@ -61,11 +43,14 @@ class Experiment:
     Args:
         dataset: A dataset name (`fashion_mnist`, `cifar10`, ... see `tfprune.data`).
         model: A network name (`tfprune.models.names()`).
-        method: A pruning method (`tfprune.method_names()`: a scorer, `uniform`, `erk` or
-            `ratio_of:<scorer>`), an after-training baseline (`magnitude_after_training`,
-            `lottery`, `lottery_oneshot`) or `"dense"` for no pruning.
+        method: A pruning method of the registry (`tfprune.registry.accepted_names()`): a
+            scorer, an after-training baseline, `"dense"` for no pruning, or one of the
+            allocation aliases `uniform`, `erk`, `ratio_of:<scorer>`.
         density: Fraction of prunable weights kept, in (0, 1]; must be 1 for `"dense"`.
-        scope: `"global"` or `"layer"` selection.
+        scope: `"global"` or `"layer"` selection: the allocation when `allocation` is None.
+        allocation: How many weights each layer keeps (`tfprune.registry.ALLOCATIONS`):
+            `"global"`, `"layer"` (or `"uniform"`), `"erk"` or `"ratio_of:<scorer>"`; the
+            method's keep-scores choose the positions inside each layer. None: `scope`.
         rounds: Pruning rounds (exponential density schedule); None: the method's default.
         ablations: Any of `"shuffle"`, `"reinit"`, `"invert"` (SPEC §3).
         min_layer_density: Minimum fraction each layer keeps (0: no minimum).
@@ -96,6 +81,7 @@ class Experiment:
     method: str = DENSE
     density: float = 1.0
     scope: str = "global"
+    allocation: str | None = None
     rounds: int | None = None
     ablations: tuple = ()
     min_layer_density: float = 0.0
@@ -112,44 +98,52 @@ class Experiment:
     strategy: str = "default"
     method_options: dict = dataclasses.field(default_factory=dict)
 
+    def resolved(self) -> tuple[str, str]:
+        """`(method, allocation)` with the allocation aliases resolved (`erk` is `random` with
+        allocation `erk`); `scope` gives the allocation when `allocation` is not set.
+
+        Raises:
+            ConfigError: for an unknown method or allocation, or contradicting ones.
+        """
+        check_scope(self.scope)
+        if registry.is_alias(self.method) and self.allocation is None:
+            return registry.resolve(self.method)
+        return registry.resolve(self.method, self.allocation or self.scope)
+
     def validate(self) -> None:
         """Raises ConfigError for a setting that cannot run."""
-        after = self.method in after_training.METHODS
-        if self.method != DENSE and not after:
-            try:
-                check_method(self.method)
-            except ConfigError as error:
-                extra = ", ".join((*after_training.METHODS, DENSE))
-                raise ConfigError(f"{error}, {extra}") from None
+        method, _ = self.resolved()
+        entry = registry.get(method)
         density = check_density(self.density)
         ablations = check_ablations(self.ablations)
-        if self.method == DENSE and ablations:
+        if entry.kind == registry.DENSE and ablations:
             raise ConfigError(
-                f"method 'dense' prunes nothing, so ablations {ablations} do not apply"
+                f"method {method!r} prunes nothing, so ablations {ablations} do not apply"
             )
-        if self.method == DENSE and density != 1.0:
+        if entry.kind == registry.DENSE and density != 1.0:
             raise ConfigError(
-                f"method 'dense' keeps every weight: set density = 1.0, not {density}"
+                f"method {method!r} keeps every weight: set density = 1.0, not {density}"
             )
+        after = entry.kind == registry.AFTER_TRAINING
+        for name in ablations:
+            if name not in entry.ablations:
+                raise ConfigError(
+                    f"ablation {name!r} does not apply to {self.method}; use "
+                    f"{' or '.join(entry.ablations)}"
+                )
         if after:
-            for name in ablations:
-                if name not in after_training.ABLATIONS:
-                    raise ConfigError(
-                        f"ablation {name!r} does not apply to {self.method}; use "
-                        f"{' or '.join(after_training.ABLATIONS)}"
-                    )
             if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
                 raise ConfigError(f"{self.method} prunes after training: leave prune_step at 0")
-            if self.method == "lottery":
-                after_training.lottery_level(density, self.lottery_rate)
+            if entry.settings["iterative"]:
+                lottery_level(density, self.lottery_rate)
         elif self.rewind_step is not None:
+            after_names = registry.names((registry.AFTER_TRAINING,))
             raise ConfigError(
-                f"rewind_step applies to {', '.join(after_training.METHODS)}, not {self.method}"
+                f"rewind_step applies to {', '.join(after_names)}, not {self.method}"
             )
         for name in ("prune_step", "rewind_step"):
             if getattr(self, name) is not None:
                 to_iterations(getattr(self, name), 1, f"experiment.{name}")
-        check_scope(self.scope)
         if self.model not in models.names():
             raise ConfigError(
                 f"unknown model {self.model!r}; choose one of {', '.join(models.names())}"
@@ -176,12 +170,11 @@ class Experiment:
                 f"experiment.method_options must be a dict of option: value, got "
                 f"{self.method_options!r}"
             )
-        if self.method_options and (self.method == DENSE or after):
+        if self.method_options and entry.kind != registry.AT_INIT:
             raise ConfigError(
                 f"method {self.method!r} takes no options, got {sorted(self.method_options)}"
             )
-        if self.method != DENSE and not after:
-            check_options(self.method, self.method_options)
+        registry.check_options(method, self.method_options, shown=self.method)
 
 
 def config_dict(experiment: Experiment, training: TrainConfig) -> dict:
@@ -228,67 +221,11 @@ def run(
     Raises:
         ConfigError, DataError, OutputError, TrainingError: for problems a user can fix.
     """
-    _validate(experiment, training)
-    output_dir = output_dir or default_output_dir(experiment, training)
-    config = config_dict(experiment, training)
-    # Created first: multi_worker_mirrored must exist before TensorFlow runs an op.
-    strategy = make_strategy(experiment.strategy)
-    ctx = _context(experiment, training, strategy)
-    _check_fit(experiment, ctx)
-    finished = None if overwrite else read_results(output_dir)
-    if finished is not None:
-        # Nothing is written: a finished run can be read from a read-only copy.
-        check_same_configuration(output_dir, config)
-        logging.info("%s is complete; delete it or pass overwrite to run again", output_dir)
-        return finished
-    # Before the run directory exists: a dataset that cannot be had leaves nothing behind.
-    data_lib.prepare(experiment.dataset, experiment.data_dir)
-    # The chief alone writes the run directory, and holds it while the run lasts.
-    claim = (
-        claim_output_dir(output_dir, config, overwrite)
-        if is_chief(strategy)
-        else contextlib.nullcontext()
+    from tfprune import execute  # TensorFlow comes with the run, not with the configuration
+
+    return execute.run(
+        experiment, training, output_dir, overwrite=overwrite, should_stop=should_stop
     )
-    with claim:
-        return _run_claimed(experiment, ctx, output_dir, config, should_stop)
-
-
-def _run_claimed(experiment, ctx: RunContext, output_dir, config, should_stop) -> dict:
-    fields = {
-        "method": experiment.method,
-        "ablations": list(check_ablations(experiment.ablations)),
-        "density_target": float(experiment.density),
-        "scope": experiment.scope,
-        "min_layer_density": experiment.min_layer_density,
-        "seed": experiment.seed,
-        "dataset": experiment.dataset,
-        "model": experiment.model,
-        "tfprune_version": __version__,
-        "config": config,
-    }
-    if experiment.method in after_training.METHODS:
-        rewind = experiment.rewind_step
-        rewind = (
-            None
-            if rewind is None
-            else to_iterations(rewind, ctx.steps_per_epoch, "experiment.rewind_step")
-        )
-        rewind = after_training.default_rewind(experiment.method, rewind)
-        fields.update({"prune_step": ctx.total_steps, "rewind_step": rewind, "rounds": 1})
-        return after_training.run(
-            ctx,
-            method=experiment.method,
-            density=float(experiment.density),
-            ablations=check_ablations(experiment.ablations),
-            rewind_step=rewind,
-            rate=experiment.lottery_rate,
-            shared_dir=experiment.shared_dir
-            or os.path.join(os.path.dirname(os.path.abspath(output_dir)), "_shared"),
-            output_dir=output_dir,
-            fields=fields,
-            should_stop=should_stop,
-        )
-    return _run_at_step(experiment, ctx, output_dir, fields, should_stop)
 
 
 def check(experiment: Experiment, training: TrainConfig) -> None:
@@ -300,30 +237,43 @@ def check(experiment: Experiment, training: TrainConfig) -> None:
     Raises:
         ConfigError, DataError: as `run` would.
     """
-    _validate(experiment, training)
-    _check_fit(experiment, _context(experiment, training, make_strategy("default")))
+    validate(experiment, training)
+    check_fit(experiment, Sizes.of(experiment, training))
 
 
-def _validate(experiment: Experiment, training: TrainConfig) -> None:
+def validate(experiment: Experiment, training: TrainConfig) -> None:
+    """Raises ConfigError for a setting of either that cannot run."""
     experiment.validate()
     training.validate()
 
 
-def _context(experiment: Experiment, training: TrainConfig, strategy) -> RunContext:
-    return RunContext(
-        dataset=experiment.dataset,
-        model=experiment.model,
-        seed=experiment.seed,
-        training=training,
-        strategy=strategy,
-        data_dir=experiment.data_dir,
-        augment=experiment.augment,
-        train_limit=experiment.train_limit,
-        test_limit=experiment.test_limit,
-    )
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The dataset's shape and the run's length in iterations."""
+
+    info: data_lib.DatasetInfo
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, experiment: Experiment, training: TrainConfig) -> Sizes:
+        """The sizes of a run of `experiment` trained as `training` says."""
+        return cls.for_data(
+            experiment.dataset, experiment.data_dir, experiment.train_limit, training
+        )
+
+    @classmethod
+    def for_data(cls, dataset, data_dir, train_limit, training: TrainConfig) -> Sizes:
+        """The sizes of a training on `dataset` (its first `train_limit` examples)."""
+        info = data_lib.dataset_info(dataset, data_dir)
+        num_train = min(info.num_train, train_limit or info.num_train)
+        steps_per_epoch = math.ceil(num_train / training.batch_size)
+        return cls(info, steps_per_epoch, training.total_steps(steps_per_epoch))
 
 
-def _check_fit(experiment: Experiment, ctx: RunContext) -> None:
+def check_fit(experiment: Experiment, ctx: Sizes) -> None:
+    """Raises the error a run would meet once the data is known: a network that does not take
+    the images, a step past the end of training, too few pruning examples."""
     info = ctx.info
     try:
         models.check(experiment.model, info.input_shape, info.num_classes)
@@ -333,9 +283,10 @@ def _check_fit(experiment: Experiment, ctx: RunContext) -> None:
             f"model {experiment.model!r} does not fit dataset {experiment.dataset!r} "
             f"({shape} images, {info.num_classes} classes): {error}"
         ) from None
-    if experiment.method == DENSE:
+    kind = registry.get(experiment.resolved()[0]).kind
+    if kind == registry.DENSE:
         return
-    after = experiment.method in after_training.METHODS
+    after = kind == registry.AFTER_TRAINING
     name = "rewind_step" if after else "prune_step"
     step = getattr(experiment, name)
     if step is not None:
@@ -346,7 +297,7 @@ def _check_fit(experiment: Experiment, ctx: RunContext) -> None:
                 f"({ctx.total_steps} iterations, {ctx.steps_per_epoch} per epoch)"
             )
     wanted = experiment.examples_per_class * info.num_classes
-    if not after and needs_data(experiment.method) and wanted > info.num_train:
+    if not after and registry.needs_data(*experiment.resolved()) and wanted > info.num_train:
         raise DataError(
             f"experiment.examples_per_class={experiment.examples_per_class} asks for {wanted} "
             f"pruning examples, but {experiment.dataset} has only {info.num_train} training "
@@ -354,77 +305,3 @@ def _check_fit(experiment: Experiment, ctx: RunContext) -> None:
         )
 
 
-def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -> dict:
-    prune_step = to_iterations(experiment.prune_step, ctx.steps_per_epoch, "experiment.prune_step")
-    model = ctx.build_model()
-    trainer = None
-
-    def on_step(step: int, state: TrainState) -> None:
-        if step != prune_step or experiment.method == DENSE or state.extra.get("pruning"):
-            return
-        state.extra["pruning"] = _prune(model, experiment, ctx, output_dir, step)
-        if step:
-            # Training restarts at step t with the pruned network: fresh momentum buffers.
-            trainer.reset_optimizer_slots()
-
-    trainer = ctx.trainer(
-        model, output_dir, on_step=on_step, should_stop=should_stop, hook_steps={prune_step}
-    )
-    state = trainer.run()
-    pruning = state.extra.get("pruning", {})
-    fields.update(
-        {
-            "prune_step": prune_step,
-            "rewind_step": None,
-            "rounds": pruning.get("rounds", 0),
-            "scoring_seconds": pruning.get("seconds", 0.0),
-        }
-    )
-    return finish(model, state, output_dir, fields, write=ctx.is_chief)
-
-
-def _prune(model, experiment, ctx: RunContext, output_dir, step) -> dict:
-    data = None
-    if needs_data(experiment.method):
-        data = ctx.pruning_data(experiment.examples_per_class)
-    with ctx.strategy.scope():
-        report = prune_with_report(
-            model,
-            experiment.method,
-            experiment.density,
-            data,
-            scope=experiment.scope,
-            seed=experiment.seed,
-            rounds=experiment.rounds,
-            ablations=experiment.ablations,
-            min_layer_density=experiment.min_layer_density,
-            batch_size=ctx.training.batch_size,
-            **experiment.method_options,
-        )
-    ctx.sync_model(model)
-    if not ctx.is_chief:
-        return {"step": step, "seconds": report.seconds, "rounds": report.rounds}
-    save_masks(os.path.join(output_dir, "masks.npz"), report.masks)
-    write_json(
-        os.path.join(output_dir, "pruning.json"),
-        {
-            "method": experiment.method,
-            "step": step,
-            "rounds": report.rounds,
-            "ablations": list(report.ablations),
-            "density": report.density,
-            "layer_density": report.layer_density,
-            "collapsed_layers": report.collapsed_layers,
-            "score_stats": report.score_stats,
-            "seconds": report.seconds,
-        },
-    )
-    logging.info(
-        "pruned with %s%s at iteration %d to density %.5f in %.1fs",
-        experiment.method,
-        "".join(f" +{a}" for a in report.ablations),
-        step,
-        report.density,
-        report.seconds,
-    )
-    return {"step": step, "seconds": report.seconds, "rounds": report.rounds}

@@ -36,7 +36,6 @@ import math
 import os
 import re
 import sys
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -62,11 +61,11 @@ except ImportError as error:  # matplotlib comes with the optional `plot` extra
 else:
     _MATPLOTLIB_MISSING = None
 
+from tfprune import registry
 from tfprune._io import atomic_path, write_text
 from tfprune.cli import fail
 from tfprune.errors import ConfigError, DataError, OutputError, TfpruneError
-from tfprune.pruning import ABLATIONS
-from tfprune.results_table import TableError, describe, parse_row, read_table
+from tfprune.results import TableError, describe, parse_row, read_table
 
 PROGRAM = "tfprune.report"
 
@@ -76,55 +75,12 @@ X_LABEL = "Fraction of weights remaining (%)"
 Y_LABEL = "Test accuracy (%)"
 LAYER_Y_LABEL = "Fraction of the layer's weights remaining (%)"
 
-# Methods in the order tables and legends list them.
-METHOD_ORDER = (
-    "dense",
-    "random",
-    "magnitude",
-    "snip",
-    "grasp",
-    "synflow",
-    "uniform",
-    "erk",
-    "magnitude_after_training",
-    "lottery",
-    "lottery_oneshot",
-)
-# Methods that do not prune at initialization: drawn in every figure of a (dataset, model),
-# whatever their `prune_step`.
-REFERENCE_METHODS = frozenset({"dense", "magnitude_after_training", "lottery", "lottery_oneshot"})
 # Every line colour of the report reaches this WCAG contrast ratio against the white background.
 MIN_CONTRAST = 3.0
-# matplotlib's tab10, the light ones (orange, pink, cyan, olive) darkened to MIN_CONTRAST.
-METHOD_COLORS = {
-    "dense": "#000000",
-    "random": "#7f7f7f",
-    "magnitude": "#1f77b4",
-    "snip": "#e2700c",
-    "grasp": "#2ca02c",
-    "synflow": "#d62728",
-    "uniform": "#9467bd",
-    "erk": "#8c564b",
-    "magnitude_after_training": "#d16db3",
-    "lottery": "#139fad",
-    "lottery_oneshot": "#94951b",
-}
-METHOD_MARKERS = {
-    "dense": "o",
-    "random": "o",
-    "magnitude": "s",
-    "snip": "^",
-    "grasp": "v",
-    "synflow": "D",
-    "uniform": "P",
-    "erk": "X",
-    "magnitude_after_training": "*",
-    "lottery": "h",
-    "lottery_oneshot": "p",
-}
-_FALLBACK_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
-_FALLBACK_MARKERS = ("o", "s", "^", "v", "D", "<", ">")
-_RATIO_PREFIX = "ratio_of:"
+# The colour of each registered method (`tfprune.registry`), as `method_color` gives it.
+METHOD_COLORS = {m.name: registry.style(m.name).color for m in registry.methods()}
+DENSE = registry.dense().name
+RANDOM = registry.baseline().name
 # The y axis of an accuracy panel spans at least this many accuracy points, so that runs a
 # fraction of a point apart do not fill the panel's height.
 MIN_Y_SPAN = 5.0
@@ -190,7 +146,7 @@ def aggregate(rows: Iterable[Mapping]) -> list[dict]:
         rows: runs as `load_results` returns them.
 
     Returns:
-        One dict per group, sorted by dataset, model, method (see `METHOD_ORDER`),
+        One dict per group, sorted by dataset, model, method (`tfprune.registry.sort_key`),
         rewind_step, prune_step, density_target descending, then ablations. Each holds the
         seven keys above, `n`, `seeds` (sorted list), `test_accuracy_mean`,
         `test_accuracy_std`, `test_loss_mean`, `test_loss_std`, `density_actual_mean` (None
@@ -254,20 +210,15 @@ def _none_first(value) -> tuple:
 
 
 def _method_key(method: str) -> tuple:
-    if method.startswith(_RATIO_PREFIX):
-        # ratio_of:<method> right after erk, in the order of the methods it copies.
-        inner = method[len(_RATIO_PREFIX) :]
-        return (METHOD_ORDER.index("erk"), 1, _method_key(inner))
-    if method in METHOD_ORDER:
-        return (METHOD_ORDER.index(method), 0, ())
-    return (len(METHOD_ORDER), 0, (method,))
+    return registry.sort_key(method)
 
 
 def _ablation_key(ablations: str) -> tuple:
     if ablations == "none":
         return (0, ())
     names = ablations.split("+")
-    order = tuple(ABLATIONS.index(n) if n in ABLATIONS else len(ABLATIONS) for n in names)
+    ablations = registry.ABLATIONS
+    order = tuple(ablations.index(n) if n in ablations else len(ablations) for n in names)
     return (len(names), order, ablations)
 
 
@@ -318,25 +269,16 @@ def method_label(method: str, rewind_step: int | None = None) -> str:
 
 
 def method_color(method: str) -> str:
-    """The fixed colour of a method (hex), the same in every figure.
+    """The fixed colour of a method (hex), the same in every figure (`tfprune.registry.style`).
 
     `ratio_of:<method>` gets a darker shade of its method's colour; unknown methods a colour
     derived from their name.
     """
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    if method.startswith(_RATIO_PREFIX):
-        rgb = np.array(mcolors.to_rgb(method_color(method[len(_RATIO_PREFIX) :])))
-        return mcolors.to_hex(0.6 * rgb)
-    return _FALLBACK_COLORS[zlib.crc32(method.encode()) % len(_FALLBACK_COLORS)]
+    return registry.style(method).color
 
 
 def _method_marker(method: str) -> str:
-    if method in METHOD_MARKERS:
-        return METHOD_MARKERS[method]
-    if method.startswith(_RATIO_PREFIX):
-        return "o"
-    return _FALLBACK_MARKERS[zlib.crc32(method.encode()) % len(_FALLBACK_MARKERS)]
+    return registry.style(method).marker
 
 
 def _ablation_title(ablations: str) -> str:
@@ -364,7 +306,7 @@ def figure_groups(aggregated: Sequence[Mapping]) -> list[dict]:
     result = []
     for (dataset, model), entries in combos.items():
         steps = sorted(
-            {e["prune_step"] for e in entries if e["method"] not in REFERENCE_METHODS},
+            {e["prune_step"] for e in entries if not registry.is_reference(e["method"])},
             key=_none_first,
         )
         if len(steps) <= 1:
@@ -382,7 +324,7 @@ def figure_groups(aggregated: Sequence[Mapping]) -> list[dict]:
             continue
         for step in steps:
             rows = [
-                e for e in entries if e["method"] in REFERENCE_METHODS or e["prune_step"] == step
+                e for e in entries if registry.is_reference(e["method"]) or e["prune_step"] == step
             ]
             suffix = "-step-none" if step is None else f"-step{step}"
             result.append(
@@ -549,14 +491,14 @@ def plot_accuracy(
     dataset, model = rows[0]["dataset"], rows[0]["model"]
     if prune_step is not None:
         rows = [
-            r for r in rows if r["method"] in REFERENCE_METHODS or r["prune_step"] == prune_step
+            r for r in rows if registry.is_reference(r["method"]) or r["prune_step"] == prune_step
         ]
-    panels = sorted({r["ablations"] for r in rows if r["method"] != "dense"}, key=_ablation_key)
+    panels = sorted({r["ablations"] for r in rows if r["method"] != DENSE}, key=_ablation_key)
     if "none" not in panels:
         panels.insert(0, "none")
     baseline = _series(rows, "none")
-    dense = [e for (m, _), es in baseline.items() if m == "dense" for e in es]
-    random_key = next((k for k in baseline if k[0] == "random"), None)
+    dense = [e for (m, _), es in baseline.items() if m == DENSE for e in es]
+    random_key = next((k for k in baseline if k[0] == RANDOM), None)
 
     ncols = 2 if len(panels) == 4 else min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
@@ -580,25 +522,25 @@ def plot_accuracy(
             ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, zorder=1)
             drawn.append((mean - std, mean + std))
             handles.setdefault(
-                "dense", Line2D([], [], color="black", linestyle="--", linewidth=1.2)
+                DENSE, Line2D([], [], color="black", linestyle="--", linewidth=1.2)
             )
         if random_key is not None and ablation != "none":
             drawn.append(
-                _draw_series(ax, baseline[random_key], "random", faint=False, label="random")
+                _draw_series(ax, baseline[random_key], RANDOM, faint=False, label=RANDOM)
             )
         for (method, rewind), entries in series.items():
-            if method == "dense":
+            if method == DENSE:
                 continue
             label = method_label(method, rewind)
             if ablation != "none":
-                if method == "random":
-                    label = f"random ({ablation})"
+                if method == RANDOM:
+                    label = f"{RANDOM} ({ablation})"
                 # Random's un-ablated curve is already drawn in full as the reference.
-                if (method, rewind) in baseline and method != "random":
+                if (method, rewind) in baseline and method != RANDOM:
                     drawn.append(
                         _draw_series(ax, baseline[(method, rewind)], method, faint=True, label=None)
                     )
-            variant = method == "random" and ablation != "none"
+            variant = method == RANDOM and ablation != "none"
             drawn.append(
                 _draw_series(ax, entries, method, faint=False, label=label, variant=variant)
             )
@@ -1001,7 +943,7 @@ def _label_key(label: str, rows: Sequence[Mapping]) -> tuple:
     for r in rows:
         if method_label(r["method"], r["rewind_step"]) == label:
             return (_method_key(r["method"]), _none_first(r["rewind_step"]))
-    return ((len(METHOD_ORDER), 0, (label,)), (False, 0))
+    return (registry.sort_key(label), (False, 0))
 
 
 def _full_table(rows: Sequence[Mapping]) -> list[str]:
@@ -1089,7 +1031,7 @@ def _layer_sets(
     """{(method, rewind_step): {density: layer_density of the lowest-seed un-ablated run}}."""
     sets: dict[tuple, dict[float, dict[str, float]]] = {}
     for entry in sorted(rows, key=_table_sort_key):
-        if entry["method"] == "dense" or entry["ablations"] != "none":
+        if entry["method"] == DENSE or entry["ablations"] != "none":
             continue
         results = runs.get(entry["run_dirs"][0]) if entry["run_dirs"] else None
         layers = (results or {}).get("layer_density")
@@ -1158,7 +1100,7 @@ def make_report(
         for (method, rewind), layer_densities in _layer_sets(group["rows"], runs).items():
             label = method_label(method, rewind)
             # References are pruned the same way in every step's set: one figure for all.
-            suffix = "" if method in REFERENCE_METHODS else group["suffix"]
+            suffix = "" if registry.is_reference(method) else group["suffix"]
             rewind_part = "" if rewind is None else f"-rewind{rewind}"
             stem = os.path.join(output_dir, f"layers-{base}{suffix}-{_slug(method)}{rewind_part}")
             if stem not in layer_stems:

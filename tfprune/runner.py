@@ -8,14 +8,8 @@ and `results.json`. Every file is written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import json
-import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 
 import keras
@@ -24,14 +18,28 @@ from absl import logging
 
 from tfprune import data as data_lib
 from tfprune import models
-from tfprune._io import atomic_path, write_text
-from tfprune.errors import ConfigError, OutputError
+from tfprune._io import atomic_path
+from tfprune.errors import ConfigError
+from tfprune.experiment import STRATEGIES, Sizes
 from tfprune.pruning import (
     collapsed_layers,
     get_masks,
     layer_densities,
     overall_density,
     save_masks,
+)
+from tfprune.results import RunSummary
+from tfprune.rundir import (  # noqa: F401  re-exported: the run-directory helpers live there
+    COSMETIC,
+    LOCK_NAME,
+    check_same_configuration,
+    claim_output_dir,
+    locked,
+    prepare_output_dir,
+    read_results,
+    semantic,
+    snapshot_path,
+    write_json,
 )
 from tfprune.training import (
     TrainConfig,
@@ -40,16 +48,6 @@ from tfprune.training import (
     copy_first_replica,
     enable_determinism,
     worker_role,
-)
-
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
-# Settings that change how a run is displayed or executed, not what it computes.
-COSMETIC = (
-    "progress",
-    "log_every_steps",
-    "keep_checkpoints",
-    "steps_per_execution",
-    "deterministic",
 )
 
 
@@ -95,10 +93,12 @@ class RunContext:
     test_limit: int | None = None
 
     def __post_init__(self):
-        self.info = data_lib.dataset_info(self.dataset, self.data_dir)
-        num_train = min(self.info.num_train, self.train_limit or self.info.num_train)
-        self.steps_per_epoch = math.ceil(num_train / self.training.batch_size)
-        self.total_steps = self.training.total_steps(self.steps_per_epoch)
+        sizes = Sizes.for_data(self.dataset, self.data_dir, self.train_limit, self.training)
+        self.info, self.steps_per_epoch, self.total_steps = (
+            sizes.info,
+            sizes.steps_per_epoch,
+            sizes.total_steps,
+        )
         self.is_chief, self.num_workers = worker_role(self.strategy)
         if self.training.deterministic:
             enable_determinism(self.seed)
@@ -199,6 +199,9 @@ def finish(
         "history": state.history,
         "wall_seconds": state.wall_seconds,
     }
+    if "dataset" in fields:
+        # A run of an experiment (not a shared run): its results must give a results.csv row.
+        RunSummary.from_results(results, output_dir)
     if write:
         write_json(os.path.join(output_dir, "results.json"), results)
     logging.info(
@@ -210,211 +213,7 @@ def finish(
     return results
 
 
-# What every finished run's results.json holds (see `finish`).
-_RESULT_KEYS = ("test_accuracy", "test_loss", "density_actual", "epochs", "wall_seconds", "history")
-
-
-def read_results(output_dir: str) -> dict | None:
-    """The `results.json` of a finished run, or None.
-
-    A `results.json` that cannot be read (garbled, truncated, not a run's results) counts as
-    missing, with a warning: the run then finishes again from its last checkpoint, which
-    rewrites the file.
-    """
-    path = os.path.join(output_dir, "results.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            results = json.load(f)
-        if not isinstance(results, dict) or not all(k in results for k in _RESULT_KEYS):
-            raise ValueError("it is not the results of a run")
-    except (OSError, ValueError) as error:
-        logging.warning(
-            "%s is unreadable (%s): the run counts as unfinished and finishes again from its "
-            "last checkpoint",
-            path,
-            " ".join(str(error).split())[:200],
-        )
-        return None
-    return results
-
-
 def save_model(model: keras.Model, path: str) -> None:
     """Saves `model` as a `.keras` file atomically (masks included)."""
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-
-
-def write_json(path: str, content: dict) -> None:
-    """Writes `content` as JSON to `path` atomically (temporary file, then rename)."""
-    write_text(path, json.dumps(content, indent=2) + "\n")
-
-
-def snapshot_path(run_dir: str, step: int) -> str:
-    """Where a run keeps the variables it had after `step` iterations (see `Trainer`)."""
-    return os.path.join(run_dir, "snapshots", f"step-{step:09d}.npz")
-
-
-@contextlib.contextmanager
-def locked(path: str):
-    """Holds an exclusive lock on `path + ".lock"`, so that one process at a time computes a
-    shared result (a dense pre-training, a lottery level) that others then reuse."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def semantic(config: dict) -> dict:
-    """The part of a run's configuration that changes what it computes."""
-    return {
-        key: ({k: v for k, v in value.items() if k not in COSMETIC} if key == "training" else value)
-        for key, value in config.items()
-        if key != "tfprune_version"
-    }
-
-
-LOCK_NAME = ".tfprune.lock"
-
-
-def prepare_output_dir(output_dir: str, config: dict, overwrite: bool) -> None:
-    """Creates a run directory or checks that an existing one holds the same configuration.
-
-    Raises:
-        OutputError: if the directory holds something else (a different configuration, without
-            `overwrite`; or files that are not a tfprune run) or cannot be written.
-    """
-    config_path = os.path.join(output_dir, "config.json")
-    _check_usable(output_dir)
-    is_run = os.path.exists(config_path)
-    if is_run and overwrite:
-        logging.warning("overwriting the run in %s", output_dir)
-        _empty(output_dir)
-    elif is_run:
-        check_same_configuration(output_dir, config)
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        if not os.path.exists(config_path):
-            write_json(config_path, config)
-        _check_writable(output_dir)
-    except OSError as error:
-        raise OutputError(f"cannot write to output directory {output_dir}: {error}") from error
-
-
-def check_same_configuration(output_dir: str, config: dict) -> None:
-    """Raises OutputError, naming the first setting that differs, unless the run in
-    `output_dir` has the configuration `config` (up to the settings in `COSMETIC`)."""
-    difference = _difference(os.path.join(output_dir, "config.json"), config)
-    if difference:
-        raise OutputError(
-            f"{output_dir} holds a run with a different configuration ({difference}); "
-            "choose another output directory or pass --overwrite to replace it"
-        )
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: str, config: dict, overwrite: bool):
-    """`prepare_output_dir`, holding the run directory for this process until the block ends.
-
-    One process at a time runs in a run directory: a second one (a repeated command, a sweep
-    started twice) is refused instead of writing the same checkpoints and event files.
-
-    Raises:
-        OutputError: as `prepare_output_dir`, or if another process holds the directory.
-    """
-    _check_usable(output_dir)
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-        handle = open(os.path.join(output_dir, LOCK_NAME), "a+")
-    except OSError as error:
-        raise OutputError(f"cannot write to output directory {output_dir}: {error}") from error
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise OutputError(
-                f"another process (pid {holder}) is running in {output_dir}: wait for it to end, "
-                "or choose another output directory"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            prepare_output_dir(output_dir, config, overwrite)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_usable(output_dir: str) -> None:
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise OutputError(f"output directory {output_dir} exists and is not a directory")
-    if os.path.isdir(output_dir) and not os.path.exists(os.path.join(output_dir, "config.json")):
-        # The lock and the temporary files of an atomic write cut short do not make a run.
-        if [n for n in os.listdir(output_dir) if n != LOCK_NAME and not n.startswith(".tmp-")]:
-            raise OutputError(
-                f"{output_dir} is not empty and holds no tfprune run; choose another output "
-                "directory"
-            )
-
-
-def _check_writable(output_dir: str) -> None:
-    """Raises OSError unless a file can be created in the run directory and in each of its
-    subdirectories (a read-only directory, a full disk)."""
-    for root in [output_dir] + [
-        entry.path for entry in os.scandir(output_dir) if entry.is_dir() and entry.name[0] != "."
-    ]:
-        with tempfile.TemporaryFile(dir=root):
-            pass
-
-
-def _empty(output_dir: str) -> None:
-    """Removes everything in `output_dir` but the lock file that the caller may hold."""
-    for entry in os.scandir(output_dir):
-        if entry.name == LOCK_NAME:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.remove(entry.path)
-
-
-def _difference(config_path: str, config: dict) -> str | None:
-    """The first setting in which the run of `config_path` differs from `config`, as
-    `"experiment.density: 0.05 there, 0.1 here"`; None when they compute the same."""
-    try:
-        with open(config_path) as f:
-            stored = semantic(json.load(f))
-    except (OSError, ValueError, AttributeError) as error:
-        return f"its config.json is unreadable: {' '.join(str(error).split())[:100]}"
-    wanted = semantic(json.loads(json.dumps(config)))
-    there, here = _flatten(stored), _flatten(wanted)
-    for key in sorted(there.keys() | here.keys()):
-        old, new = there.get(key, _ABSENT), here.get(key, _ABSENT)
-        if old != new:
-            return f"{key}: {_shown(old)} there, {_shown(new)} here"
-    return None
-
-
-_ABSENT = object()
-
-
-def _shown(value) -> str:
-    return "unset" if value is _ABSENT else repr(value)
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and key in ("experiment", "training") and not prefix:
-            flat.update(_flatten(value, f"{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat

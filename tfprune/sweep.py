@@ -48,10 +48,8 @@ import time
 
 from absl import app, flags, logging
 
+from tfprune import registry
 from tfprune._io import atomic_path, write_text
-from tfprune.after_training import ABLATIONS as AFTER_ABLATIONS
-from tfprune.after_training import DEFAULT_RATE, lottery_level
-from tfprune.after_training import METHODS as AFTER_METHODS
 from tfprune.cli import (
     GIN_BINDINGS,
     GIN_FILES,
@@ -68,10 +66,11 @@ from tfprune.cli import (
 )
 from tfprune.errors import ConfigError, OutputError, TfpruneError
 from tfprune.experiment import check
-from tfprune.pruning import check_ablations, check_method
+from tfprune.methods.lottery import DEFAULT_RATE, lottery_level
+from tfprune.pruning import check_ablations
 from tfprune.pruning.selection import check_density
-from tfprune.results_table import COLUMNS, TableError, describe, read_table
-from tfprune.runner import locked, read_results
+from tfprune.results import COLUMNS, RunSummary, TableError, describe, read_table
+from tfprune.rundir import locked, read_results
 from tfprune.training import parse_progress_line
 
 METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods (dense included).")
@@ -165,8 +164,7 @@ def parse_methods(text: str | None) -> list[str]:
         raise ConfigError("--methods is required, e.g. --methods=snip,random")
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for method in methods:
-        if method != "dense" and method not in AFTER_METHODS:
-            check_method(method)
+        registry.resolve(method)
     return list(dict.fromkeys(methods))
 
 
@@ -188,7 +186,7 @@ def cells(
     """
     grid, skipped = [], []
     for method, seed in itertools.product(methods, seeds):
-        if method == "dense":
+        if registry.get(registry.resolve(method)[0]).kind == registry.DENSE:
             grid.append({"method": method, "density": 1.0, "ablations": (), "seed": seed})
             continue
         for density, ablations in itertools.product(densities, ablation_sets):
@@ -204,16 +202,16 @@ def cells(
 
 
 def _skip_reason(method, density, ablations, lottery_rate) -> str | None:
-    if method in AFTER_METHODS:
-        extra = [a for a in ablations if a not in AFTER_ABLATIONS]
-        if extra:
-            return f"{method} takes no {'+'.join(extra)} ablation"
-        if method == "lottery":
-            try:
-                if lottery_level(density, lottery_rate) == 0:
-                    return "lottery at density 1 is the dense network"
-            except ConfigError:
-                return f"lottery at rate {lottery_rate:g} reaches no density {density:.6g}"
+    entry = registry.get(registry.resolve(method)[0])
+    extra = [a for a in ablations if a not in entry.ablations]
+    if extra:
+        return f"{method} takes no {'+'.join(extra)} ablation"
+    if entry.settings.get("iterative"):
+        try:
+            if lottery_level(density, lottery_rate) == 0:
+                return f"{method} at density 1 is the dense network"
+        except ConfigError:
+            return f"{method} at rate {lottery_rate:g} reaches no density {density:.6g}"
     return None
 
 
@@ -238,23 +236,8 @@ def cell_bindings(cell: dict, shared_dir: str) -> list[str]:
 
 
 def result_row(results: dict, run_dir: str) -> dict:
-    """The `results.csv` row of a finished run."""
-    return {
-        "method": results["method"],
-        "ablations": "+".join(results.get("ablations", [])) or "none",
-        "density_target": results["density_target"],
-        "density_actual": results["density_actual"],
-        "seed": results["seed"],
-        "prune_step": results.get("prune_step", ""),
-        "rewind_step": "" if results.get("rewind_step") is None else results["rewind_step"],
-        "dataset": results["dataset"],
-        "model": results["model"],
-        "test_accuracy": results["test_accuracy"],
-        "test_loss": results["test_loss"],
-        "epochs": results["epochs"],
-        "wall_seconds": results["wall_seconds"],
-        "run_dir": run_dir,
-    }
+    """The `results.csv` row of a finished run (`tfprune.results.RunSummary`)."""
+    return RunSummary.from_results(results, run_dir).to_row()
 
 
 def append_row(csv_path: str, row: dict) -> bool:
@@ -262,7 +245,7 @@ def append_row(csv_path: str, row: dict) -> bool:
     added it. Under a lock, the file is rewritten through a temporary file and a rename, so a
     reader never sees half a row and concurrent writers never lose one.
 
-    Damaged lines (see `tfprune.results_table`) are left out of the rewritten file, after the
+    Damaged lines (see `tfprune.results`) are left out of the rewritten file, after the
     file as it was is kept beside it (`results.csv.damaged-<time>`); the sweep adds the rows of
     finished runs back from their run directories.
     """

@@ -7,16 +7,13 @@ selection (keep the lowest keep-scores, every round); `shuffle` acts on the fina
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import keras
 import numpy as np
 from absl import logging
 
 from tfprune import streams
-from tfprune.errors import ConfigError
+from tfprune.registry import ABLATIONS, check_ablations  # noqa: F401  re-exported
 
-ABLATIONS = ("shuffle", "reinit", "invert")
 # (variable attribute, initializer attribute) pairs of the stock and masked layers.
 _INITIALIZED = (
     ("kernel", "kernel_initializer"),
@@ -30,29 +27,6 @@ _INITIALIZED = (
     ("embeddings", "embeddings_initializer"),
 )
 _NOT_REINITIALIZED = ("mask", "seed_generator")
-
-
-def check_ablations(ablations: str | Iterable[str] | None) -> tuple[str, ...]:
-    """Returns the ablations as a tuple in canonical order (`ABLATIONS`), names checked.
-
-    Accepts a sequence of names, one name, a comma-separated string, `None` or `"none"`.
-
-    Raises:
-        ConfigError: for an unknown or repeated name.
-    """
-    if ablations is None:
-        return ()
-    if isinstance(ablations, str):
-        ablations = [a for a in ablations.replace("+", ",").split(",") if a.strip()]
-    if not isinstance(ablations, Iterable):
-        raise ConfigError(f"ablations must be a list of names from {', '.join(ABLATIONS)}")
-    names = tuple(str(a).strip() for a in ablations if str(a).strip() != "none")
-    for name in names:
-        if name not in ABLATIONS:
-            raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"an ablation is repeated in {list(names)}")
-    return tuple(name for name in ABLATIONS if name in names)
 
 
 def shuffle_masks(masks: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:

@@ -10,18 +10,12 @@ import keras
 import numpy as np
 from absl import logging
 
-from tfprune import streams
+from tfprune import registry, streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import prunable_weights
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
 from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_masks
-from tfprune.pruning.layerwise import (
-    erk_counts,
-    inner_method,
-    is_layerwise,
-    random_positions,
-    uniform_counts,
-)
+from tfprune.pruning.layerwise import erk_counts
 from tfprune.pruning.masks import (
     assign_masks,
     collapsed_layers,
@@ -40,8 +34,9 @@ from tfprune.pruning.selection import (
 
 
 def method_names() -> list[str]:
-    """Every name `prune` accepts: the scorers, the layerwise baselines and `ratio_of:<scorer>`."""
-    return scorer_names() + ["uniform", "erk"] + [f"ratio_of:{n}" for n in scorer_names()]
+    """Every name `prune` accepts: the scored methods and the allocation aliases (`uniform`,
+    `erk`, `ratio_of:<method>`)."""
+    return scorer_names() + registry.allocation_aliases()
 
 
 def check_method(method: str) -> str:
@@ -50,7 +45,9 @@ def check_method(method: str) -> str:
     Raises:
         ConfigError: naming the bad value and the accepted ones.
     """
-    if not isinstance(method, str) or method not in method_names():
+    if registry.is_alias(method):
+        registry.resolve(method)  # names a bad `ratio_of:<method>` precisely
+    elif not isinstance(method, str) or method not in scorer_names():
         raise ConfigError(
             f"unknown pruning method {method!r}; choose one of {', '.join(method_names())}"
         )
@@ -65,21 +62,15 @@ def check_options(method: str, options: dict) -> dict:
             takes).
     """
     check_method(method)
-    if method in ("uniform", "erk"):
-        if options:
-            raise ConfigError(f"method {method!r} takes no options, got {sorted(options)}")
-        return options
-    get_scorer(inner_method(method) if is_layerwise(method) else method, **options)
-    return options
+    scored, _ = registry.resolve(method)
+    return registry.check_options(scored, options, shown=method)
 
 
-def needs_data(method: str) -> bool:
-    """Whether `method` needs pruning data."""
+def needs_data(method: str, allocation: str | None = None) -> bool:
+    """Whether `method` needs pruning data (its scores, or the per-layer densities that its
+    allocation copies from another method)."""
     check_method(method)
-    if method in ("uniform", "erk"):
-        return False
-    name = inner_method(method) if is_layerwise(method) else method
-    return get_scorer(name).needs_data
+    return registry.needs_data(*_resolve(method, registry.GLOBAL, allocation))
 
 
 def score(
@@ -111,7 +102,7 @@ def score(
     """
     scorer = get_scorer(method, **options)
     weights = _weights(model)
-    batches = _batches_for(scorer, model, data, batch_size)
+    batches = _batches_for(registry.get(method), model, data, batch_size)
     scores = scorer(model, weights, batches, streams.generator(_check_seed(seed), "scores"))
     return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
 
@@ -149,6 +140,7 @@ def prune(
     data=None,
     *,
     scope: str = "global",
+    allocation: str | None = None,
     seed: int = 0,
     rounds: int | None = None,
     ablations=(),
@@ -164,11 +156,18 @@ def prune(
 
     Args:
         model: A built model with masked layers (see `tfprune.masked`).
-        method: A scorer (`tfprune.scorer_names()`), `"uniform"`, `"erk"` or
-            `"ratio_of:<scorer>"` (the scorer's per-layer densities, random positions).
+        method: A scorer (`tfprune.scorer_names()`), or `"uniform"`, `"erk"` or
+            `"ratio_of:<scorer>"`: random pruning with that allocation (the old names of the
+            per-layer baselines).
         density: Fraction of the prunable weights to keep, in (0, 1].
         data: Pruning data for data-driven methods (see `score`).
-        scope: `"global"` (rank all weights together) or `"layer"` (each layer keeps `density`).
+        scope: `"global"` or `"layer"`: the allocation when `allocation` is not given
+            (ignored by the allocation aliases, as it always was).
+        allocation: How many weights each layer keeps: `"global"` (rank all weights
+            together), `"layer"` (each layer keeps `density`; `"uniform"` is the same), `"erk"`
+            (Erdős–Rényi-Kernel layer densities) or `"ratio_of:<scorer>"` (the layer densities
+            that scorer chooses globally); the method's keep-scores then choose the positions
+            inside each layer.
         seed: Seed of seeded methods and of the ablations.
         rounds: Pruning rounds with the exponential density schedule (default: the method's,
             100 for `synflow`, else 1).
@@ -195,6 +194,7 @@ def prune(
         density,
         data,
         scope=scope,
+        allocation=allocation,
         seed=seed,
         rounds=rounds,
         ablations=ablations,
@@ -211,6 +211,7 @@ def prune_with_report(
     data=None,
     *,
     scope: str = "global",
+    allocation: str | None = None,
     seed: int = 0,
     rounds: int | None = None,
     ablations=(),
@@ -223,38 +224,30 @@ def prune_with_report(
     check_method(method)
     density = check_density(density)
     check_scope(scope)
+    method, allocation = _resolve(method, scope, allocation)
+    registry.check_options(method, options, shown=method)
     ablations = check_ablations(ablations)
     seed = _check_seed(seed)
     weights = _weights(model)
-    if is_layerwise(method):
-        masks, stats, rounds = _prune_layerwise(
-            model,
-            method,
-            density,
-            data,
-            weights,
-            seed=seed,
-            rounds=rounds,
-            ablations=ablations,
-            min_layer_density=min_layer_density,
-            batch_size=batch_size,
-            options=options,
-        )
-    else:
-        masks, stats, rounds = _prune_scored(
-            model,
-            method,
-            density,
-            data,
-            weights,
-            scope=scope,
-            seed=seed,
-            rounds=rounds,
-            invert="invert" in ablations,
-            min_layer_density=min_layer_density,
-            batch_size=batch_size,
-            options=options,
-        )
+    invert = "invert" in ablations
+    counts = _allocated_counts(
+        model, allocation, density, data, weights, seed, invert, min_layer_density, batch_size
+    )
+    masks, stats, rounds = _prune_scored(
+        model,
+        method,
+        density,
+        data,
+        weights,
+        allocation=allocation,
+        counts=counts,
+        seed=seed,
+        rounds=rounds,
+        invert=invert,
+        min_layer_density=min_layer_density,
+        batch_size=batch_size,
+        options=options,
+    )
     if "shuffle" in ablations:
         masks = shuffle_masks(masks, seed)
         assign_masks(model, masks)
@@ -275,6 +268,49 @@ def prune_with_report(
     )
 
 
+def _resolve(method: str, scope: str, allocation: str | None) -> tuple[str, str]:
+    """The scored method and the allocation: an alias (`uniform`, `erk`, `ratio_of:<m>`) sets
+    the allocation itself and ignores `scope`, as the layerwise methods always did."""
+    if registry.is_alias(method) and allocation is None:
+        return registry.resolve(method)
+    return registry.resolve(method, scope if allocation is None else allocation)
+
+
+def _allocated_counts(
+    model, allocation, density, data, weights, seed, invert, min_layer_density, batch_size
+) -> dict[str, int] | None:
+    """The layer counts at `density` of an allocation that fixes them in advance (`erk`,
+    `ratio_of:<m>`), raised to the `min_layer_density` floors; None for `global` and `layer`,
+    which selection computes round by round."""
+    if allocation in (registry.GLOBAL, registry.LAYER):
+        return None
+    if allocation == registry.ERK:
+        shapes = {path: tuple(w.kernel.shape) for path, w in weights.items()}
+        counts = erk_counts(shapes, density)
+    else:
+        # The copied method's own global selection, its own rounds, on the current masks.
+        original = get_masks(model)
+        inner, _, _ = _prune_scored(
+            model,
+            allocation[len(registry.RATIO_OF) :],
+            density,
+            data,
+            weights,
+            allocation=registry.GLOBAL,
+            counts=None,
+            seed=seed,
+            rounds=None,
+            invert=invert,
+            min_layer_density=min_layer_density,
+            batch_size=batch_size,
+            options={},
+        )
+        counts = {path: int(np.count_nonzero(mask)) for path, mask in inner.items()}
+        assign_masks(model, original)
+    floors = layer_floors(get_masks(model), min_layer_density)
+    return {path: max(count, floors[path]) for path, count in counts.items()}
+
+
 def _prune_scored(
     model,
     method,
@@ -282,7 +318,8 @@ def _prune_scored(
     data,
     weights,
     *,
-    scope,
+    allocation,
+    counts,
     seed,
     rounds,
     invert,
@@ -290,16 +327,26 @@ def _prune_scored(
     batch_size,
     options,
 ):
+    """Rounds of scoring and selection. Round i of R keeps `density ** (i / R)`: globally,
+    in each layer, or, for fixed layer counts `counts`, `counts[l] * (density_i / density)` of
+    each layer (exactly `counts` in the last round)."""
+    entry = registry.get(method)
     scorer = get_scorer(method, **options)
-    rounds = _check_rounds(scorer.default_rounds if rounds is None else rounds)
-    batches = _batches_for(scorer, model, data, batch_size)
+    rounds = _check_rounds(entry.default_rounds if rounds is None else rounds)
+    batches = _batches_for(entry, model, data, batch_size)
     rng = streams.generator(seed, "scores")
     original = masks = get_masks(model)
     scores = {}
     try:
         for i in range(1, rounds + 1):
+            target = density ** (i / rounds)
             scores = scorer(model, weights, batches, rng)
-            masks = select(scores, masks, density ** (i / rounds), scope, invert, min_layer_density)
+            if counts is None:
+                scope = "layer" if allocation == registry.LAYER else "global"
+                masks = select(scores, masks, target, scope, invert, min_layer_density)
+            else:
+                layer_counts = _round_counts(counts, i, rounds, target, density)
+                masks = select_counts(scores, masks, layer_counts, invert)
             assign_masks(model, masks)
     except ConfigError:
         # A later round can reject min_layer_density; a rejected call prunes nothing.
@@ -308,53 +355,10 @@ def _prune_scored(
     return masks, _score_stats(scores, masks), rounds
 
 
-def _prune_layerwise(
-    model,
-    method,
-    density,
-    data,
-    weights,
-    *,
-    seed,
-    rounds,
-    ablations,
-    min_layer_density,
-    batch_size,
-    options,
-):
-    shapes = {path: tuple(w.kernel.shape) for path, w in weights.items()}
-    if method in ("uniform", "erk"):
-        if options:
-            raise ConfigError(f"method {method!r} takes no options, got {sorted(options)}")
-        counts = (uniform_counts if method == "uniform" else erk_counts)(shapes, density)
-        rounds = _check_rounds(1 if rounds is None else rounds)
-    else:
-        # Run the scored method, keep only how many weights each layer kept.
-        original = get_masks(model)
-        inner, _, rounds = _prune_scored(
-            model,
-            inner_method(method),
-            density,
-            data,
-            weights,
-            scope="global",
-            seed=seed,
-            rounds=rounds,
-            invert="invert" in ablations,
-            min_layer_density=min_layer_density,
-            batch_size=batch_size,
-            options=options,
-        )
-        counts = {path: int(np.count_nonzero(mask)) for path, mask in inner.items()}
-        assign_masks(model, original)
-    floors = layer_floors(get_masks(model), min_layer_density)
-    counts = {path: max(count, floors[path]) for path, count in counts.items()}
-    rng = streams.generator(seed, "positions")
-    current = get_masks(model)
-    scores = random_positions(current, rng)
-    masks = select_counts(scores, current, counts)
-    assign_masks(model, masks)
-    return masks, _score_stats(scores, masks), rounds
+def _round_counts(counts: dict[str, int], i: int, rounds: int, target: float, density: float):
+    if i == rounds:
+        return counts
+    return {path: int(round(count * target / density)) for path, count in counts.items()}
 
 
 def _score_stats(scores: dict, masks: dict) -> dict:
@@ -383,12 +387,12 @@ def _weights(model):
     return weights
 
 
-def _batches_for(scorer, model, data, batch_size):
-    if not scorer.needs_data:
+def _batches_for(entry, model, data, batch_size):
+    if not entry.needs_data:
         return None
     if data is None:
         raise DataError(
-            f"method {scorer.name!r} needs data: pass data=(x, y) or a tf.data.Dataset of batches"
+            f"method {entry.name!r} needs data: pass data=(x, y) or a tf.data.Dataset of batches"
         )
     return as_batches(data, _num_outputs(model), batch_size, _input_shape(model))
 

@@ -13,16 +13,10 @@ import tensorflow as tf
 from keras import ops
 
 from tfprune.errors import ConfigError
-from tfprune.pruning.scorers import (
-    Scorer,
-    cached_function,
-    kernel_positions,
-    register_scorer,
-    variable_values,
-)
+from tfprune.pruning.scorers import cached_function, kernel_positions, variable_values
+from tfprune.registry import Scorer
 
 
-@register_scorer
 class GraspScorer(Scorer):
     """`grasp`: keep-score w ⊙ (H g), logits divided by a temperature, BN on batch statistics.
 
@@ -48,9 +42,6 @@ class GraspScorer(Scorer):
 
     >>> scores = tfprune.score(model, "grasp", data=(x, y))
     """
-
-    name = "grasp"
-    needs_data = True
 
     def __init__(self, temperature: float = 200.0, from_logits: bool = True):
         if (

@@ -1,35 +1,15 @@
-"""Per-layer density baselines (SPEC §3): `uniform`, `erk` and `ratio_of:<method>`.
+"""Per-layer counts of the allocations (SPEC §3): `layer` (the baseline `uniform`) and `erk`.
 
-They fix how many weights each layer keeps and choose the positions at random inside each
-layer, which tests the paper's claim that only the per-layer densities matter.
+An allocation fixes how many weights each layer keeps; the method's keep-scores choose the
+positions inside each layer. With random keep-scores these are the paper's layerwise
+baselines, which test its claim that only the per-layer densities matter.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from tfprune.errors import ConfigError
 from tfprune.pruning.selection import kept_count
-
-RATIO_OF = "ratio_of:"
-LAYERWISE = ("uniform", "erk")
-
-
-def is_layerwise(method: str) -> bool:
-    """Whether `method` names a per-layer density baseline."""
-    return method in LAYERWISE or method.startswith(RATIO_OF)
-
-
-def inner_method(method: str) -> str:
-    """The method whose per-layer densities `ratio_of:<method>` copies."""
-    inner = method[len(RATIO_OF) :]
-    if not inner or is_layerwise(inner):
-        raise ConfigError(
-            f"{method!r} needs a scoring method after 'ratio_of:', e.g. ratio_of:snip"
-        )
-    return inner
 
 
 def uniform_counts(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, int]:
@@ -80,10 +60,3 @@ def _largest_remainder(
             counts[path] += 1
             missing -= 1
     return counts
-
-
-def random_positions(
-    masks: dict[str, np.ndarray], rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Random keep-scores, one U(0, 1) draw per weight, for choosing positions in a layer."""
-    return {path: rng.random(mask.shape) for path, mask in masks.items()}

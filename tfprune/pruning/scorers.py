@@ -1,129 +1,44 @@
-"""Keep-scores of the pruning methods (SPEC §2) and the registry that names them.
+"""Scorers by name, and the gradients they are computed from.
 
-A scorer is a small class: it receives the model, its prunable weights, the pruning batches
-(for methods that need data) and a numpy random generator, and returns `{path: keep-score}`
-with one array of the kernel's shape per prunable kernel, where higher means more worth
-keeping. Selection, rounds and masks are shared and live elsewhere.
+A scorer is a small class (`tfprune.registry.Scorer`, one per method file in
+`tfprune/methods/`): it receives the model, its prunable weights, the pruning batches (for
+methods that need data) and a numpy random generator, and returns `{path: keep-score}` with one
+array of the kernel's shape per prunable kernel, where higher means more worth keeping.
+Selection, rounds and masks are shared and live elsewhere.
 """
 
 from __future__ import annotations
 
-import inspect
 import weakref
-from typing import ClassVar
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprune import registry
 from tfprune.errors import ConfigError
 from tfprune.layers import PrunableWeight
-
-_REGISTRY: dict[str, type[Scorer]] = {}
-
-
-class Scorer:
-    """Base class of the scorers.
-
-    Subclasses set `name` (the method's registry name), `needs_data` and, for methods that
-    are iterative by definition, `default_rounds`; they take their options as keyword arguments
-    of `__init__` and implement `__call__`. One instance serves one `prune`/`score` call, all
-    its rounds included, so it may cache work (a network copy, a traced function) on `self`.
-    """
-
-    name: ClassVar[str] = ""
-    needs_data: ClassVar[bool] = False
-    default_rounds: ClassVar[int] = 1
-
-    def __call__(
-        self,
-        model: keras.Model,
-        weights: dict[str, PrunableWeight],
-        batches: list[tuple[np.ndarray, np.ndarray]] | None,
-        rng: np.random.Generator,
-    ) -> dict[str, np.ndarray]:
-        """Returns `{path: keep-score}` for every path of `weights`."""
-        raise NotImplementedError
-
-
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator that makes a scorer available by its `name`."""
-    if not cls.name or cls.name in _REGISTRY:
-        raise ValueError(f"scorer name {cls.name!r} is empty or already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+from tfprune.registry import Scorer, register_scorer  # noqa: F401  re-exported
 
 
 def scorer_names() -> list[str]:
-    """The names of the registered scorers, sorted."""
-    return sorted(_REGISTRY)
+    """The names of the methods scored at initialization, sorted."""
+    return sorted(registry.names((registry.AT_INIT,)))
 
 
 def get_scorer(name: str, **options) -> Scorer:
-    """Returns the scorer registered as `name`, configured with `options`.
+    """Returns the scorer of the method registered as `name`, configured with `options`.
 
     Raises:
-        ConfigError: for an unknown name or an option the scorer does not take.
+        ConfigError: for a name that is not a scored method, or an option it does not take.
     """
-    if name not in _REGISTRY:
+    entry = registry.find(name) if isinstance(name, str) else None
+    if entry is None or entry.kind != registry.AT_INIT:
         raise ConfigError(
             f"unknown pruning method {name!r}; choose one of {', '.join(scorer_names())}"
         )
-    cls = _REGISTRY[name]
-    accepted = [
-        p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        allowed = ", ".join(accepted) if accepted else "none"
-        raise ConfigError(
-            f"method {name!r} takes no option {unknown[0]!r} (its options: {allowed})"
-        )
-    return cls(**options)
-
-
-@register_scorer
-class RandomScorer(Scorer):
-    """`random`: keep-scores drawn from U(0, 1) with the run's seed."""
-
-    name = "random"
-
-    def __call__(self, model, weights, batches, rng):
-        return {path: rng.random(tuple(w.kernel.shape)) for path, w in weights.items()}
-
-
-@register_scorer
-class MagnitudeScorer(Scorer):
-    """`magnitude`: keep-score |w|."""
-
-    name = "magnitude"
-
-    def __call__(self, model, weights, batches, rng):
-        return {path: np.abs(w.kernel.numpy()) for path, w in weights.items()}
-
-
-@register_scorer
-class SnipScorer(Scorer):
-    """`snip` (Lee et al., 2019): keep-score |w ⊙ ∂L/∂w|, BatchNorm on batch statistics.
-
-    Args:
-        from_logits: Whether the model outputs logits (tfprune's networks do).
-    """
-
-    name = "snip"
-    needs_data = True
-
-    def __init__(self, from_logits: bool = True):
-        self.from_logits = from_logits
-
-    def __call__(self, model, weights, batches, rng):
-        total = sum(len(y) for _, y in batches)
-        scores = {path: np.zeros(tuple(w.kernel.shape)) for path, w in weights.items()}
-        for size, grads in kernel_gradients(model, weights, batches, self.from_logits):
-            for path, w in weights.items():
-                # The absolute value is taken per batch, then batches are averaged by size.
-                scores[path] += (size / total) * np.abs(w.kernel.numpy() * grads[path])
-        return scores
+    registry.check_options(name, options)
+    return entry.scorer_class()(**options)
 
 
 def kernel_gradients(

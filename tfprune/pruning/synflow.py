@@ -10,12 +10,11 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 
 from tfprune.errors import ModelError
-from tfprune.pruning.scorers import Scorer, register_scorer
+from tfprune.registry import Scorer
 
 _DTYPE = "float64"
 
 
-@register_scorer
 class SynflowScorer(Scorer):
     """`synflow`: keep-score |w ⊙ ∂R/∂w| of the linearised network, 100 rounds by default.
 
@@ -33,9 +32,6 @@ class SynflowScorer(Scorer):
 
     >>> masks = tfprune.prune(model, "synflow", 0.01)  # 100 rounds
     """
-
-    name = "synflow"
-    default_rounds = 100
 
     def __init__(self):
         self._flow = None
