@@ -246,6 +246,7 @@ def test_run_labels_name_the_allocation():
     assert registry.label("random", "layer") == "uniform"
     assert registry.label("random", "ratio_of:grasp") == "ratio_of:grasp"
     assert registry.label("snip", "erk") == "snip (erk)"
+    assert registry.label("erk", "erk") == "erk"  # results.json keeps the method as asked
     # The report draws a method's allocation variant in a colour of its own: the label's.
     assert registry.style("ratio_of:snip").color != registry.style("snip").color
 

@@ -95,7 +95,7 @@ def run(
 def _run_claimed(experiment, ctx: RunContext, output_dir, config, should_stop) -> dict:
     method, allocation = experiment.resolved()
     fields = {
-        "method": method,
+        "method": experiment.method,
         "allocation": allocation,
         "ablations": list(check_ablations(experiment.ablations)),
         "density_target": float(experiment.density),

@@ -394,10 +394,10 @@ def needs_data(method: str, allocation: str = GLOBAL) -> bool:
 def label(method: str, allocation: str = GLOBAL) -> str:
     """The name of a run's method in legends and tables: the method, or for random pruning
     with another allocation, the allocation (`erk`, `uniform`, `ratio_of:snip`), as the
-    layerwise baselines were always named; a scored method with another allocation is
-    `snip (erk)`."""
+    layerwise baselines were always named (and an alias stays itself); a scored method with
+    another allocation is `snip (erk)`."""
     allocation = _ALLOCATION_SYNONYMS.get(allocation, allocation)
-    if allocation == GLOBAL:
+    if allocation == GLOBAL or is_alias(method):
         return method
     if method == baseline().name:
         return "uniform" if allocation == LAYER else allocation
