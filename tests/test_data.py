@@ -1,11 +1,13 @@
 """Tests of tfprune.data: IDX reading, offline loading, determinism, augmentation, errors."""
 
+import dataclasses
 import gzip
 import socket
 import struct
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import _procs
@@ -15,7 +17,16 @@ import tensorflow as tf
 from _tolerance import tolerance
 
 from tfprune import data
-from tfprune.data import DatasetInfo, dataset_info, eval_dataset, pruning_data, train_dataset
+from tfprune.data import (
+    DatasetInfo,
+    dataset_info,
+    eval_dataset,
+    pipeline,
+    pruning_data,
+    specs,
+    train_dataset,
+)
+from tfprune.data.sources import tfds as tfds_source
 from tfprune.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,7 +312,7 @@ class _FakeCifar(data._Source):
 
 def test_cifar_pipeline_normalises_augments_and_resumes(monkeypatch):
     source = _FakeCifar()
-    monkeypatch.setattr(data, "_source", lambda name, data_dir: source)
+    monkeypatch.setattr(pipeline, "open_source", lambda name, data_dir: source)
     ((x, y),) = _batches(eval_dataset("cifar10", 64))
     mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
     # float32: x / 255 (2 roundings at most), mean and std rounded, the difference and the
@@ -466,7 +477,7 @@ class _FakeImagenet(data._Source):
 
 
 def test_streamed_pipeline_crops_to_224_and_resumes(monkeypatch):
-    monkeypatch.setattr(data, "_source", lambda name, data_dir: _FakeImagenet())
+    monkeypatch.setattr(pipeline, "open_source", lambda name, data_dir: _FakeImagenet())
     full = _batches(train_dataset("imagenet2012", 4, seed=2))
     assert [x.shape for x, _ in full] == [(4, 224, 224, 3)] * 3
     resumed = _batches(train_dataset("imagenet2012", 4, seed=2, skip_batches=2))
@@ -608,3 +619,102 @@ def test_prepared_data_is_used_without_a_connection_attempt(tmp_path, no_network
         tmp_path / "mnist", np.zeros((3, 2, 2)), np.arange(3), np.zeros((1, 2, 2)), np.ones(1)
     )
     assert data.prepare("mnist", str(folder)) == DatasetInfo("mnist", (2, 2, 1), 10, 3, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The table of known datasets, and describing a dataset without TensorFlow
+
+PUBLISHED = {
+    "mnist": ((28, 28, 1), 10, 60_000, 10_000),
+    "fashion_mnist": ((28, 28, 1), 10, 60_000, 10_000),
+    "cifar10": ((32, 32, 3), 10, 50_000, 10_000),
+    "cifar100": ((32, 32, 3), 100, 50_000, 10_000),
+    "tiny_imagenet": ((64, 64, 3), 200, 100_000, 10_000),
+    "imagenet2012": ((224, 224, 3), 1000, 1_281_167, 50_000),
+}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_a_known_dataset_not_on_disk_gets_its_published_sizes(name, tmp_path, no_network):
+    expected = DatasetInfo(name, *PUBLISHED[name])
+    assert data.spec(name).info == expected
+    # Tiny ImageNet is described from its published sizes only when no folder is given.
+    data_dir = None if name == "tiny_imagenet" else str(tmp_path)
+    assert dataset_info(name, data_dir=data_dir) == expected
+
+
+def test_unknown_name_lists_the_table_in_order(no_network):
+    assert data.spec("cifar_10") is None
+    with pytest.raises(DataError) as error:
+        dataset_info("cifar_10")
+    assert str(error.value).endswith(
+        "? use mnist, fashion_mnist, cifar10, cifar100, tiny_imagenet, imagenet2012 or another "
+        "TFDS image-classification dataset"
+    )
+
+
+def test_describing_a_dataset_imports_no_tensorflow(tmp_path):
+    folder = _write_idx_folder(
+        tmp_path / "idx", np.zeros((3, 4, 5)), np.arange(3), np.zeros((2, 4, 5)), np.arange(2)
+    )
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    code = (
+        "import sys\n"
+        # What `python -m tfprune.<command>` does: the package is imported while argv[0] is
+        # "-m", and so without the Keras layers that `import tfprune` registers otherwise.
+        "sys.argv[:1] = ['-m']\n"
+        "from tfprune.data import dataset_info, spec\n"
+        "print(dataset_info('fashion_mnist'))\n"
+        f"print(dataset_info('cifar10', data_dir={str(empty)!r}))\n"
+        f"print(dataset_info('mnist', data_dir={str(folder)!r}))\n"
+        "print(spec('imagenet2012').info)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        repr(DatasetInfo("fashion_mnist", (28, 28, 1), 10, 60_000, 10_000)),
+        repr(DatasetInfo("cifar10", (32, 32, 3), 10, 50_000, 10_000)),
+        repr(DatasetInfo("mnist", (4, 5, 1), 10, 3, 2)),
+        repr(DatasetInfo("imagenet2012", (224, 224, 3), 1000, 1_281_167, 50_000)),
+    ]
+    assert not any(empty.iterdir())
+
+
+def test_tfds_folders_that_may_hold_the_data_are_left_to_tfds(tmp_path, monkeypatch):
+    absent = tfds_source._surely_not_on_disk
+    assert absent("cifar10", str(tmp_path))
+    (tmp_path / "cifar10").mkdir()
+    assert not absent("cifar10", str(tmp_path))
+    assert not absent("cifar10", tmp_path)  # a Path as well as a str
+    assert not absent("cifar100", "gs://bucket/tfds")
+    # Without a data_dir: TFDS_DATA_DIR, unless TFDS is imported (folders may be registered).
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorflow_datasets", raising=False)
+    assert not absent("cifar10", None)
+    assert absent("cifar100", None)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.ModuleType("stand-in"))
+    assert not absent("cifar100", None)
+
+
+def test_a_dataset_read_by_an_existing_source_is_one_table_entry(tmp_path, monkeypatch):
+    entry = dataclasses.replace(
+        data.spec("mnist"), name="digits", sources=("idx",), how_to_get="add its IDX files"
+    )
+    monkeypatch.setitem(specs.SPECS, "digits", entry)
+    for call in (
+        lambda: dataset_info("digits", data_dir=str(tmp_path)),
+        lambda: eval_dataset("digits", 8, data_dir=str(tmp_path)),
+    ):
+        with pytest.raises(DataError) as error:
+            call()
+        assert str(error.value) == f"digits is not on disk in {tmp_path}: add its IDX files"
+    train_x, train_y = np.full((2, 3, 3), 51), np.array([4, 1])
+    _write_idx_folder(tmp_path / "digits", train_x, train_y, np.zeros((1, 3, 3)), np.zeros(1))
+    assert dataset_info("digits", str(tmp_path)) == DatasetInfo("digits", (3, 3, 1), 10, 2, 1)
+    ((x, y),) = _batches(eval_dataset("digits", 8, split="train", data_dir=str(tmp_path)))
+    np.testing.assert_allclose(x, np.full((2, 3, 3, 1), 0.2), **tolerance(np.float32, 2))
+    np.testing.assert_array_equal(y, [4, 1])
