@@ -79,12 +79,10 @@ def _step_runner(model, x, y, steps=1, weight_decay=0.0):
                     progress=False),
         lambda epoch, skip: dataset, lambda: dataset, 1, tempfile.mkdtemp(),
     )
-    count = tf.constant(steps, tf.int32)
+    batches = dataset.repeat(steps)
 
     def run():
-        iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset.repeat(steps)))
-        trainer._train_steps(iterator, count)
-        trainer._sums["count"].numpy()  # waits for the steps to finish
+        trainer.train_steps(batches, steps)  # returns once the steps are done
 
     return run
 

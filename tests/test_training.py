@@ -5,6 +5,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import _procs
 import keras
@@ -18,10 +19,13 @@ from tfprune.layers import MaskedDense
 from tfprune.steps import to_iterations
 from tfprune.training import (
     SGD,
+    Callback,
+    MaskUpdate,
     PiecewiseSchedule,
     ProgressDisplay,
     TrainConfig,
     Trainer,
+    TrainState,
     checkpoints,
     parse_progress_line,
 )
@@ -475,3 +479,362 @@ def test_any_damaged_file_of_the_newest_checkpoint_falls_back_to_the_previous(
     variables = resumed.model.variables + resumed.optimizer.variables
     for variable, value in zip(variables, expected, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)
+
+
+# --- callbacks: the order of the hooks, mask updates, optimizer slots -------------------------
+
+
+class _Recorder(Callback):
+    """Records every hook call as a tuple that starts with the hook's name and the step."""
+
+    def __init__(self, steps):
+        self.steps, self.calls = steps, []
+
+    def hook_steps(self, trainer):
+        return self.steps
+
+    def on_train_begin(self, trainer, state):
+        self.calls.append(("train_begin", state.step))
+
+    def on_epoch_begin(self, trainer, state, epoch, epoch_end):
+        self.calls.append(("epoch_begin", state.step, epoch, epoch_end))
+
+    def on_step_begin(self, trainer, state):
+        self.calls.append(("step_begin", state.step, int(trainer.optimizer.iterations.numpy())))
+
+    def on_log(self, trainer, state, metrics):
+        self.calls.append(("log", state.step, metrics["loss"], metrics["accuracy"]))
+
+    def on_evaluate(self, trainer, state, logs):
+        self.calls.append(("evaluate", state.step, list(logs)))
+
+    def on_epoch_end(self, trainer, state, logs):
+        newest = [os.path.basename(p) for p in checkpoints(trainer.checkpoint_dir)[:1]]
+        self.calls.append(("epoch_end", state.step, logs is state.history[-1], newest))
+
+    def on_interrupt(self, trainer, state):
+        newest = [os.path.basename(p) for p in checkpoints(trainer.checkpoint_dir)[:1]]
+        self.calls.append(("interrupt", state.step, dict(state.sums), newest))
+
+    def on_train_end(self, trainer, state):
+        self.calls.append(("train_end", state.step))
+
+
+def test_hooks_run_in_order_and_compiled_calls_stop_at_the_asked_steps(tmp_path):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, log_every_steps=2)
+    recorder = _Recorder({1, 6})
+    state = _trainer(tmp_path, config, x, y, hook_steps=(), callbacks=[recorder]).run()
+    history = state.history
+    metrics = ["epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"]
+    calls = recorder.calls
+    # 3 iterations an epoch, 10 a call at most: the calls stop at the log steps (every 2 within
+    # an epoch), at the asked step 1 and at the epoch ends. Step 6 is the end of training.
+    assert [c[:2] for c in calls] == [
+        ("train_begin", 0),
+        ("epoch_begin", 0),
+        ("step_begin", 1),
+        ("log", 2),
+        ("log", 3),
+        ("evaluate", 3),
+        ("epoch_end", 3),
+        ("epoch_begin", 3),
+        ("log", 5),
+        ("log", 6),
+        ("evaluate", 6),
+        ("epoch_end", 6),
+        ("step_begin", 6),
+        ("train_end", 6),
+    ]
+    assert calls[1][2:] == (0, 3) and calls[7][2:] == (1, 6)
+    # The optimizer had run exactly the iterations before the asked ones.
+    assert calls[2][2] == 1 and calls[12][2] == 6
+    # The built-in evaluation comes first; the record is complete at the epoch's end, before
+    # the epoch's checkpoint is written.
+    assert calls[5][2] == calls[10][2] == metrics
+    assert calls[6][2:] == (True, []) and calls[11][2:] == (True, ["ckpt-000000003"])
+    assert list(history[0]) == [*metrics, "lr", "seconds"]
+    # The last log of an epoch reports what its record holds.
+    for log, record in ((calls[4], history[0]), (calls[9], history[1])):
+        assert log[2:] == (record["train_loss"], record["train_accuracy"])
+
+
+def test_a_stop_in_mid_epoch_calls_on_interrupt_before_the_checkpoint(tmp_path):
+    from tfprune.training import Interrupted
+
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, steps_per_execution=1)
+    recorder = _Recorder(())
+    polls = {"n": 0}
+
+    def stop_at_poll_5():
+        polls["n"] += 1
+        return polls["n"] == 5
+
+    trainer = _trainer(
+        tmp_path, config, x, y, hook_steps=(), callbacks=[recorder], should_stop=stop_at_poll_5
+    )
+    with pytest.raises(Interrupted):
+        trainer.run()
+    # Polls after iterations 1, 2, (epoch end) 3, 4, 5: the fifth is in the middle of epoch 2.
+    (name, step, sums, newest) = recorder.calls[-1]
+    assert (name, step, newest) == ("interrupt", 5, ["ckpt-000000003"])
+    assert sums["count"] == 64.0
+    assert [c[0] for c in recorder.calls].count("epoch_end") == 1
+    with open(os.path.join(checkpoints(trainer.checkpoint_dir)[0], "state.json")) as f:
+        assert json.load(f)["sums"] == sums
+
+
+class _PruneHalf(MaskUpdate):
+    """Prunes the given positions of the first layer's kernel before iteration `step` and
+    zeroes their momentum; keeps the kernel as it was then."""
+
+    def __init__(self, step, pruned):
+        super().__init__([step])
+        self.pruned, self.seen = pruned, []
+
+    def update(self, trainer, state):
+        kernel = trainer.model.layers[0].kernel
+        self.seen.append((state.step, int(trainer.optimizer.iterations.numpy())))
+        self.kernel = np.array(kernel.numpy())
+        trainer.reset_optimizer_slots({kernel.path: self.pruned})
+        return {kernel.path: (~self.pruned).astype(np.float32)}
+
+
+def _trainer_of_7_iterations_an_epoch(output_dir, **kwargs):
+    """100 examples in batches of 16 (the last one short), 3 epochs, 3 iterations a call."""
+    x, y = _toy_problem(n=100)
+
+    def train_data(epoch, skip):
+        order = np.random.default_rng(epoch).permutation(len(x))
+        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(16).skip(skip)
+
+    def eval_data():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+    config = TrainConfig(
+        epochs=3, learning_rate=0.3, momentum=0.9, progress=False, steps_per_execution=3
+    )
+    return Trainer(_toy_model(), config, train_data, eval_data, 7, str(output_dir), **kwargs)
+
+
+def test_mask_update_in_mid_epoch_with_multi_step_calls_equals_the_on_step_hook(tmp_path):
+    k = 5  # in epoch 1; the calls of 3 iterations would otherwise start at 3 and 6
+    pruned = np.zeros(48, bool)
+    pruned[np.random.default_rng(3).permutation(48)[:24]] = True
+    pruned = pruned.reshape(6, 8)
+    callback = _PruneHalf(k, pruned)
+    by_callback = _trainer_of_7_iterations_an_epoch(
+        tmp_path / "callback", hook_steps=(), callbacks=[callback]
+    )
+    state = by_callback.run()
+
+    trainer = None
+    seen = []
+
+    def on_step(step, state):
+        seen.append(step)
+        if step == k:
+            layer = trainer.model.layers[0]
+            layer.mask.assign((~pruned).astype(np.float32))
+            trainer.reset_optimizer_slots({layer.kernel.path: pruned})
+
+    trainer = _trainer_of_7_iterations_an_epoch(
+        tmp_path / "on_step", on_step=on_step, hook_steps={k}
+    )
+    reference = trainer.run()
+
+    assert callback.seen == [(k, k)] and seen == [k, 21]
+    layer = by_callback.model.layers[0]
+    # The pruned weights act as zero, get no gradient and, their momentum reset at step k,
+    # keep the value they had then; the other half trained on.
+    assert not np.any(np.asarray(layer.masked_kernel)[pruned])
+    kernel = layer.kernel.numpy()
+    assert np.array_equal(kernel[pruned], callback.kernel[pruned])
+    assert not np.any(kernel[~pruned] == callback.kernel[~pruned])
+    # The final checkpoint holds the mask.
+    with np.load(os.path.join(checkpoints(by_callback.checkpoint_dir)[0], "variables.npz")) as f:
+        paths = [str(p) for p in f["paths"]]
+        assert np.array_equal(f[f"v{paths.index(layer.mask.path)}"], (~pruned).astype(np.float32))
+    # Bit for bit the run that the on_step hook pruned.
+    keys = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr")
+    assert [[h[k] for k in keys] for h in state.history] == [
+        [h[k] for k in keys] for h in reference.history
+    ]
+    for a, b in zip(
+        by_callback.model.variables + by_callback.optimizer.variables,
+        trainer.model.variables + trainer.optimizer.variables,
+        strict=True,
+    ):
+        assert np.array_equal(a.numpy(), b.numpy()), a.path
+
+
+class _DropThenRegrow(MaskUpdate):
+    """Drops positions of the first layer's kernel at the first step, regrows them at the
+    second; keeps the kernel as it was before each update."""
+
+    def __init__(self, steps, positions):
+        super().__init__(steps)
+        self.positions, self.before = positions, {}
+
+    def update(self, trainer, state):
+        kernel = trainer.model.layers[0].kernel
+        self.before[state.step] = np.array(kernel.numpy())
+        mask = np.ones(self.positions.shape, np.float32)
+        if state.step == min(self.steps):
+            mask[self.positions] = 0
+        return {kernel.path: mask}
+
+
+class _SlotsAt(Callback):
+    """Keeps the first layer's kernel and its momentum at `step` (after the callbacks before
+    this one)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def hook_steps(self, trainer):
+        return [self.step]
+
+    def on_step_begin(self, trainer, state):
+        paths = [v.path for v in trainer.model.trainable_variables]
+        index = paths.index(trainer.model.layers[0].kernel.path)
+        self.kernel = np.array(trainer.model.trainable_variables[index].numpy())
+        self.momentum = np.array(trainer.optimizer.momentums[index].numpy())
+
+
+def test_mask_update_regrows_weights_at_zero_with_fresh_momentum(tmp_path):
+    positions = np.zeros((6, 8), bool)
+    positions[:2] = True
+    regrow = _DropThenRegrow([4, 11], positions)
+    after = _SlotsAt(11)
+    trainer = _trainer_of_7_iterations_an_epoch(
+        tmp_path, hook_steps=(), callbacks=[regrow, after]
+    )
+    trainer.run()
+    # Regrown weights start at zero with zero momentum; the others kept kernel and momentum.
+    assert not np.any(after.kernel[positions]) and not np.any(after.momentum[positions])
+    assert np.array_equal(after.kernel[~positions], regrow.before[11][~positions])
+    assert np.all(after.momentum[~positions] != 0)
+    # They were not zero when dropped at 4; from zero at 11, they trained again.
+    assert np.all(regrow.before[4][positions] != 0)
+    final = trainer.model.layers[0]
+    assert np.all(final.mask.numpy() == 1) and np.all(final.kernel.numpy()[positions] != 0)
+
+
+@pytest.mark.parametrize("bad", ["unknown path", "wrong shape", "not 0/1"])
+def test_a_bad_mask_update_is_refused_and_changes_nothing(tmp_path, bad):
+    x, y = _toy_problem()
+    trainer = _trainer(tmp_path, TrainConfig(epochs=1, progress=False), x, y)
+    first, second = (layer.kernel.path for layer in trainer.model.layers)
+    masks, message = {
+        "unknown path": (
+            {"nowhere/kernel": np.ones((6, 8))},
+            "Bad returned a mask for 'nowhere/kernel', no prunable kernel",
+        ),
+        "wrong shape": (
+            {first: np.ones((8, 6))},
+            f"Bad returned a mask of shape (8, 6) for {first}, whose kernel has shape (6, 8)",
+        ),
+        "not 0/1": (
+            {first: np.full((6, 8), 0.5)},
+            f"Bad returned a mask for {first} with values other than 0, 1",
+        ),
+    }[bad]
+
+    class Bad(MaskUpdate):
+        def update(self, trainer, state):
+            # A valid mask first: nothing is assigned unless every mask is valid.
+            return {second: np.zeros((8, 2), np.float32), **masks}
+
+    before = [np.array(v.numpy()) for v in trainer.model.variables]
+    with pytest.raises(ConfigError) as refused:
+        Bad([0]).on_step_begin(trainer, TrainState())
+    assert str(refused.value) == message
+    for variable, value in zip(trainer.model.variables, before, strict=True):
+        assert np.array_equal(variable.numpy(), value)
+
+
+def test_reset_optimizer_slots_of_chosen_positions_keeps_the_others(tmp_path):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.9, progress=False)
+    trainer = _trainer(tmp_path, config, x, y)
+    trainer.run()
+    variables = trainer.model.trainable_variables
+    buffers = dict(zip([v.path for v in variables], trainer.optimizer.momentums, strict=True))
+    before = {path: np.array(b.numpy()) for path, b in buffers.items()}
+    weights = [np.array(v.numpy()) for v in trainer.model.variables]
+    kernel = variables[0].path
+    where = np.zeros((6, 8), bool)
+    where[[0, 2, 5], [1, 7, 3]] = True
+    assert np.all(before[kernel][where] != 0)
+    for bad, message in (
+        ({"nowhere": None}, "no trainable variable of the model has the path 'nowhere'"),
+        ({kernel: where, "x": None}, "no trainable variable of the model has the path 'x'"),
+        ({kernel: where.T}, f"positions of shape (8, 6) for {kernel}, whose shape is (6, 8)"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            trainer.reset_optimizer_slots(bad)
+        assert str(refused.value) == message
+        for path, buffer in buffers.items():
+            assert np.array_equal(buffer.numpy(), before[path])
+    trainer.reset_optimizer_slots({kernel: where})
+    after = buffers[kernel].numpy()
+    assert not np.any(after[where])
+    assert np.array_equal(after[~where], before[kernel][~where])
+    for path, buffer in buffers.items():
+        if path != kernel:
+            assert np.array_equal(buffer.numpy(), before[path])
+    assert int(trainer.optimizer.iterations.numpy()) == 3
+    for variable, value in zip(trainer.model.variables, weights, strict=True):
+        assert np.array_equal(variable.numpy(), value)
+
+
+def test_train_steps_runs_the_loop_s_iterations(tmp_path):
+    x, y = _toy_problem()
+    config = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.9, progress=False)
+    state = _trainer(tmp_path / "run", config, x, y).run()
+    looped = _trainer(tmp_path / "run", config, x, y)
+    assert looped.restore().step == 3
+    direct = _trainer(tmp_path / "direct", config, x, y)
+    order = np.random.default_rng(0).permutation(len(x))
+    batches = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32)
+    metrics = direct.train_steps(batches, 3)
+    assert metrics == {
+        "loss": state.history[0]["train_loss"],
+        "accuracy": state.history[0]["train_accuracy"],
+    }
+    assert int(direct.optimizer.iterations.numpy()) == 3
+    for a, b in zip(direct.model.variables, looped.model.variables, strict=True):
+        assert np.array_equal(a.numpy(), b.numpy()), a.path
+    with pytest.raises(TrainingError, match="^the dataset holds fewer than 4 batches$"):
+        direct.train_steps(batches, 4)
+
+
+def test_train_config_imports_without_tensorflow():
+    code = (
+        "import sys\n"
+        # As `python -m tfprune.<command>` imports the package: a script's `import tfprune`
+        # also registers the masked layers with Keras (tfprune/__init__.py).
+        "sys.argv[:1] = ['-m']\n"
+        "from tfprune.training import TrainConfig, TrainState, parse_progress_line\n"
+        "config = TrainConfig(epochs=2, milestones=['3it'])\n"
+        "config.validate()\n"
+        "assert config.total_steps(5) == 10 and TrainState().step == 0\n"
+        "assert parse_progress_line('epoch 1/2 iteration 3/10 loss 1 accuracy 0 lr 0.1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tfprune.training.')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=_procs.ROOT,
+        env=_procs.ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [
+        "[]",
+        "['tfprune.training.config', 'tfprune.training.progress']",
+    ]
