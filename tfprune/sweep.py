@@ -67,8 +67,8 @@ from tfprune.cli import (
 from tfprune.errors import ConfigError, OutputError, TfpruneError
 from tfprune.experiment import check
 from tfprune.methods.lottery import DEFAULT_RATE, lottery_level
-from tfprune.pruning import check_ablations
 from tfprune.pruning.selection import check_density
+from tfprune.registry import check_ablations
 from tfprune.results import COLUMNS, RunSummary, TableError, describe, read_table
 from tfprune.rundir import locked, read_results
 from tfprune.training import parse_progress_line

@@ -41,7 +41,7 @@ from tfprune.cli import (
 )
 from tfprune.errors import TfpruneError
 from tfprune.experiment import DENSE, default_output_dir, run
-from tfprune.pruning import ABLATIONS, check_ablations
+from tfprune.registry import ABLATIONS, check_ablations
 from tfprune.training import Interrupted
 
 OVERWRITE = flags.DEFINE_bool(
