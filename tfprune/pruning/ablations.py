@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from tfprune import streams
+from tfprune._keras_compat import all_layers
 from tfprune.errors import ConfigError
 
 ABLATIONS = ("shuffle", "reinit", "invert")
@@ -94,7 +95,7 @@ def reinitialize(model: keras.Model, seed: int) -> list[str]:
     """
     rng = streams.generator(seed, "reinit")
     redrawn, handled = [], set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model, include_self=False):
         for variable_name, initializer_name in _INITIALIZED:
             variable = getattr(layer, variable_name, None)
             initializer = getattr(layer, initializer_name, None)
