@@ -8,6 +8,7 @@ before TensorFlow is imported.
 import importlib
 import sys
 
+from tfprune import _startup
 from tfprune.version import __version__
 
 # Public name -> the module that defines it.
@@ -63,7 +64,7 @@ def __dir__() -> list[str]:
 
 
 # `import tfprune` registers the masked layers with Keras, so that `keras.models.load_model`
-# reads a saved masked model. Python sets sys.argv[0] to "-m" while it imports the package of
-# `python -m tfprune.<command>`: the command imports TensorFlow itself, after its log level.
-if getattr(sys, "argv", [])[:1] != ["-m"]:
+# reads a saved masked model; but not while a command starts (`python -m tfprune.<command>` or
+# a console script): the command imports TensorFlow itself, after its log level.
+if not _startup.command_starting((getattr(sys, "argv", None) or [""])[0]):
     importlib.import_module("tfprune.layers")
