@@ -11,15 +11,33 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
-.PHONY: demo test test-all lint setup data clean
+.PHONY: demo test test-all lint setup data constraints clean
 
 setup: $(STAMP) data
 
-$(STAMP): setup.py
+# The packages come in the exact versions of constraints.txt, so that a fresh machine gets the
+# environment the tests passed in.
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,plot]"
+	$(BIN)/python -m pip install --quiet --upgrade -c constraints.txt pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plot]"
 	touch $(STAMP)
+
+# Rewrites constraints.txt from a fresh environment holding the newest releases that the bounds
+# in pyproject.toml allow; then run `make clean test` and commit the file if the tests pass.
+CONSTRAINTS_VENV := build/constraints-venv
+constraints:
+	rm -rf $(CONSTRAINTS_VENV)
+	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet ".[test,plot]"
+	{ \
+		echo "# The exact versions of a working environment of tfprune[test,plot]: \`make\` installs"; \
+		echo "# with them (-c constraints.txt). Written by \`make constraints\` on $$($(CONSTRAINTS_VENV)/bin/python -V)."; \
+		$(CONSTRAINTS_VENV)/bin/python -m pip freeze --all --exclude tfprune; \
+	} > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf build
 
 data:
 	@if [ ! -f $(FASHION_MNIST) ]; then \

@@ -1,37 +1,21 @@
-"""Packaging for tfprune."""
+"""Packaging for tfprune: what pyproject.toml cannot say.
 
-import re
-from pathlib import Path
+The metadata, dependencies and console scripts are in pyproject.toml. Here: the wheel carries
+the repository's top-level `gin_configs/` as `tfprune/gin_configs/` (the one copy of the configs
+stays where it is), which takes a package list computed from the directory tree.
+"""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
-_HERE = Path(__file__).parent
-_VERSION = re.search(
-    r'__version__ = "([^"]+)"', (_HERE / "tfprune" / "version.py").read_text()
-).group(1)
+CONFIGS = "tfprune.gin_configs"
+# gin_configs/ and each of its subdirectories, as packages of data files under tfprune/.
+_CONFIG_PACKAGES = [
+    CONFIGS,
+    *(f"{CONFIGS}.{name}" for name in find_namespace_packages(where="gin_configs")),
+]
 
 setup(
-    name="tfprune",
-    version=_VERSION,
-    description="Pruning neural networks at initialization with TensorFlow and Keras 3",
-    long_description=(_HERE / "README.md").read_text() if (_HERE / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["tfprune", "tfprune.*"]),
-    python_requires=">=3.10",
-    install_requires=[
-        "tensorflow>=2.16",
-        "keras>=3",
-        "tensorflow-datasets",
-        "tensorboard",
-        "importlib_resources",
-        "gin-config",
-        "absl-py",
-        "numpy",
-    ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff"],
-        "plot": ["matplotlib"],
-        "tfmot": ["tensorflow-model-optimization", "tf_keras"],
-    },
-    license="Apache-2.0",
+    packages=[*find_packages(include=["tfprune", "tfprune.*"]), *_CONFIG_PACKAGES],
+    package_dir={CONFIGS: "gin_configs"},
+    package_data={name: ["*.gin"] for name in _CONFIG_PACKAGES},
 )

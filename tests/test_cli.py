@@ -346,3 +346,158 @@ def test_package_import_leaves_the_environment_and_tensorflow_alone(how):
         cwd=ROOT, env=UNSET_LEVEL, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# What a console script (`tfprune-train`, ...) does before it runs its command: `sys.argv[0]`
+# is the script's path while the package is imported.
+_CONSOLE_IMPORT = """
+import os, sys
+sys.argv[0] = os.path.join("somewhere", "bin", "tfprune-train")
+import tfprune._startup
+assert "tensorflow" not in sys.modules, "the package imported TensorFlow"
+assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "a library import set the log level"
+print("ok")
+"""
+
+
+def test_a_console_script_imports_the_package_without_tensorflow():
+    proc = subprocess.run(
+        [_procs.sys.executable, "-c", _CONSOLE_IMPORT],
+        cwd=ROOT, env=UNSET_LEVEL, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+# --- gin files: a name that is not a file here is looked up among the shipped configs ----------
+
+# The shipped configs of a source checkout: the top-level gin_configs/.
+SHIPPED = os.path.join(ROOT, "gin_configs")
+
+
+def test_the_shipped_configs_of_a_source_checkout_are_the_top_level_ones():
+    from tfprune.cli import packaged_configs
+
+    assert packaged_configs() == SHIPPED
+
+
+@pytest.mark.parametrize(
+    "given, shipped",
+    [
+        ("snip.gin", "snip.gin"),
+        ("experiments/cifar10_resnet20.gin", "experiments/cifar10_resnet20.gin"),
+        ("gin_configs/snip.gin", "snip.gin"),
+        ("./gin_configs/ablations/../data/cifar10.gin", "data/cifar10.gin"),
+    ],
+)
+def test_a_gin_file_not_found_here_is_the_shipped_one(given, shipped, tmp_path, monkeypatch):
+    from tfprune.cli import check_gin_files, resolve_gin_file
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_gin_file(given) == os.path.join(SHIPPED, shipped)
+    assert check_gin_files([given, given]) == [os.path.join(SHIPPED, shipped)] * 2
+
+
+def test_a_gin_file_found_here_is_used_as_given(tmp_path, monkeypatch):
+    from tfprune.cli import resolve_gin_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "snip.gin").write_text("experiment.density = 0.5\n")
+    assert resolve_gin_file("snip.gin") == "snip.gin"
+    monkeypatch.chdir(ROOT)
+    assert resolve_gin_file("gin_configs/snip.gin") == "gin_configs/snip.gin"
+
+
+@pytest.mark.parametrize(
+    "given", ["nope.gin", "../snip.gin", "gin_configs", ".", "/no/such/dir/snip.gin"]
+)
+def test_a_gin_file_found_nowhere_stays_as_given(given, tmp_path, monkeypatch):
+    from tfprune.cli import resolve_gin_file
+
+    (tmp_path / "inner").mkdir()
+    monkeypatch.chdir(tmp_path / "inner")
+    assert resolve_gin_file(given) == given
+
+
+def test_a_missing_gin_file_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    from tfprune.cli import check_gin_files
+    from tfprune.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    here = os.getcwd()
+    for given, message in [
+        (
+            "gin_configs/nope.gin",
+            f"gin file 'gin_configs/nope.gin' does not exist (looked for "
+            f"{here}/gin_configs/nope.gin and {SHIPPED}/nope.gin)",
+        ),
+        (
+            "experiments/nope.gin",
+            f"gin file 'experiments/nope.gin' does not exist (looked for "
+            f"{here}/experiments/nope.gin and {SHIPPED}/experiments/nope.gin)",
+        ),
+        ("/no/nope.gin", "gin file '/no/nope.gin' does not exist (looked for /no/nope.gin)"),
+        (
+            "../nope.gin",
+            f"gin file '../nope.gin' does not exist (looked for {os.path.dirname(here)}/nope.gin)",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            check_gin_files(["snip.gin", given])
+        assert str(error.value) == message
+
+
+def test_shipped_configs_and_their_includes_parse_from_any_directory(tmp_path, monkeypatch):
+    import gin
+
+    from tfprune.cli import parse_gin
+
+    monkeypatch.chdir(tmp_path)
+    gin.clear_config()
+    try:
+        parse_gin(["snip.gin", "gin_configs/experiments/cifar10_resnet20.gin"], [])
+        # snip.gin, then the experiment's includes (data/, models/, training/) over default.gin.
+        settings = {
+            name: gin.query_parameter(name)
+            for name in (
+                "experiment.method",
+                "experiment.density",
+                "experiment.dataset",
+                "experiment.model",
+                "experiment.examples_per_class",
+                "training.epochs",
+                "training.milestones",
+            )
+        }
+    finally:
+        gin.clear_config()
+    assert settings == {
+        "experiment.method": "snip",
+        "experiment.density": 0.05,
+        "experiment.dataset": "cifar10",
+        "experiment.model": "resnet20",
+        "experiment.examples_per_class": 10,
+        "training.epochs": 160,
+        "training.milestones": [80, 120],
+    }
+
+
+def test_the_gin_file_flag_holds_the_resolved_files(tmp_path, monkeypatch):
+    # The sweep starts its cells with the flag's values (made absolute): they must name the
+    # shipped files, not files of those names in the sweep's directory.
+    import copy
+
+    from absl import flags
+
+    from tfprune.cli import GIN_FILES
+
+    monkeypatch.chdir(tmp_path)
+    values = copy.deepcopy(flags.FLAGS)
+    values.unparse_flags()
+    values(
+        ["prog", "--gin_file=default.gin", "--gin_file=ablations/shuffle.gin", "--gin_file=x.gin"]
+    )
+    assert values[GIN_FILES.name].value == [
+        os.path.join(SHIPPED, "default.gin"),
+        os.path.join(SHIPPED, "ablations", "shuffle.gin"),
+        "x.gin",
+    ]

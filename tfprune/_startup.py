@@ -1,13 +1,18 @@
 """Start-up of the command-line entry points: TensorFlow imported without its start-up noise.
 
-Only the commands call `quiet_tensorflow`, first thing when run as `__main__`; importing tfprune
-as a library leaves the process environment alone.
+The commands that run TensorFlow (train, export) call `quiet_tensorflow` first thing when run as
+`__main__`; the report and the sweep never import it. Importing tfprune as a library leaves the
+process environment alone. The console scripts (`tfprune-train`, ...)
+run the same `__main__` code as `python -m tfprune.train`, ...: see `run_command`.
+
+This module imports nothing of TensorFlow, Keras or the rest of tfprune.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import sys
 import tempfile
 
@@ -64,3 +69,49 @@ def kept_lines(text: str, level: int) -> str:
             continue
         kept.append(line)
     return "".join(kept)
+
+
+# The console scripts (pyproject.toml, [project.scripts]) and the modules they run.
+COMMANDS = {
+    "tfprune-train": "tfprune.train",
+    "tfprune-sweep": "tfprune.sweep",
+    "tfprune-report": "tfprune.report",
+    "tfprune-export": "tfprune.export",
+}
+
+
+def run_command(module: str) -> None:
+    """Runs `module` as `python -m <module>` does: its `__main__` block, with `sys.argv[0]`
+    set to the module's file and the other arguments passed on.
+
+    The command modules start with `quiet_tensorflow()` under `if __name__ == "__main__"`, so
+    a console script starts as quietly as `python -m`, through the same code.
+
+    Args:
+        module: A command module, such as "tfprune.train".
+
+    Example:
+
+    >>> run_command("tfprune.report")  # what `tfprune-report` runs
+    """
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def train() -> None:
+    """The `tfprune-train` console script: `python -m tfprune.train`."""
+    run_command(COMMANDS["tfprune-train"])
+
+
+def sweep() -> None:
+    """The `tfprune-sweep` console script: `python -m tfprune.sweep`."""
+    run_command(COMMANDS["tfprune-sweep"])
+
+
+def report() -> None:
+    """The `tfprune-report` console script: `python -m tfprune.report`."""
+    run_command(COMMANDS["tfprune-report"])
+
+
+def export() -> None:
+    """The `tfprune-export` console script: `python -m tfprune.export`."""
+    run_command(COMMANDS["tfprune-export"])

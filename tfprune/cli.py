@@ -25,9 +25,97 @@ from tfprune.errors import ConfigError
 from tfprune.experiment import Experiment
 from tfprune.training import TrainConfig
 
+# The gin configs shipped with tfprune: in an installed package, `tfprune/gin_configs/` (the
+# wheel carries the repository's top-level `gin_configs/` there); in a source checkout, the
+# top-level `gin_configs/` beside the package.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_CONFIG_DIRS = (
+    os.path.join(_PACKAGE, "gin_configs"),
+    os.path.join(_PACKAGE, os.pardir, "gin_configs"),
+)
+_CONFIGS_NAME = "gin_configs"
+
+
+def packaged_configs() -> str:
+    """The directory of the gin configs shipped with tfprune.
+
+    Returns:
+        `<site-packages>/tfprune/gin_configs` in an installed package, the top-level
+        `gin_configs` in a source checkout.
+    """
+    for directory in _CONFIG_DIRS:
+        if os.path.isdir(directory):
+            return os.path.normpath(directory)
+    return os.path.normpath(_CONFIG_DIRS[0])
+
+
+def packaged_gin_file(path: str) -> str | None:
+    """The path of the shipped gin config that a relative `path` names (it need not exist).
+
+    Args:
+        path: Relative to the shipped configs, with or without a leading `gin_configs/`.
+
+    Returns:
+        The path under `packaged_configs()`, or None for an absolute `path` or one that leaves
+        the configs' directory.
+
+    Example:
+
+    >>> packaged_gin_file("gin_configs/experiments/cifar10_resnet20.gin")
+    '/.../tfprune/gin_configs/experiments/cifar10_resnet20.gin'
+    """
+    if os.path.isabs(path):
+        return None
+    parts = os.path.normpath(path).split(os.sep)
+    if parts[:1] == [_CONFIGS_NAME]:
+        parts = parts[1:]
+    if not parts or os.pardir in parts or parts == [os.curdir]:
+        return None
+    return os.path.join(packaged_configs(), *parts)
+
+
+def resolve_gin_file(path: str) -> str:
+    """The gin file that `--gin_file=<path>` means.
+
+    Args:
+        path: A gin file's path, as given.
+
+    Returns:
+        `path` itself if it exists; else the shipped config it names (`packaged_gin_file`) if
+        that exists; else `path`.
+
+    Example:
+
+    >>> resolve_gin_file("snip.gin")  # in a directory without a snip.gin
+    '/.../tfprune/gin_configs/snip.gin'
+    """
+    if os.path.exists(path):
+        return path
+    packaged = packaged_gin_file(path)
+    return packaged if packaged is not None and os.path.isfile(packaged) else path
+
+
+class _GinFileParser(flags.ArgumentParser):
+    """Parses `--gin_file` into the file it means (`resolve_gin_file`), so that every use of
+    the flag's value, such as the sweep's command lines for its cells, names that file."""
+
+    def parse(self, argument: str) -> str:
+        return resolve_gin_file(argument)
+
+    def flag_type(self) -> str:
+        return "string"
+
+
 # Flags of both `tfprune.train` and `tfprune.sweep`, defined once so that both modules can be
 # imported into one process.
-GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+GIN_FILES = flags.DEFINE_multi(
+    _GinFileParser(),
+    flags.ArgumentSerializer(),
+    "gin_file",
+    [],
+    "Gin config file(s), applied in order. A name that is not a file here is looked up among "
+    "the configs shipped with tfprune (snip.gin, experiments/cifar10_resnet20.gin).",
+)
 GIN_BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [], "Gin bindings, applied after the files."
 )
@@ -91,11 +179,14 @@ CONFIGURABLES: dict[str, Callable] = {
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     """Parses gin files then bindings; includes resolve next to the including files.
 
+    A file that does not exist at its path is looked up among the shipped configs
+    (`resolve_gin_file`).
+
     Raises:
         ConfigError: for a missing file or an invalid file or binding, in one line that names
             the file or binding, the problem and, for an unknown name, the known ones.
     """
-    check_gin_files(files)
+    files = check_gin_files(files)
     for path in files:
         directory = os.path.dirname(os.path.abspath(path))
         for prefix in (directory, os.path.dirname(directory)):
@@ -113,18 +204,24 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
         logging.set_verbosity(verbosity)
 
 
-def check_gin_files(files: Sequence[str]) -> None:
+def check_gin_files(files: Sequence[str]) -> list[str]:
     """Checks that every path names a readable gin file that binds something.
 
+    Returns:
+        The files, each resolved by `resolve_gin_file`.
+
     Raises:
-        ConfigError: naming the file: it does not exist, is a directory, cannot be read, or
-            holds nothing but blank lines and comments (it would change no setting).
+        ConfigError: naming the file: it does not exist (nor among the shipped configs), is a
+            directory, cannot be read, or holds nothing but blank lines and comments (it would
+            change no setting).
     """
-    for path in files:
+    resolved = []
+    for given in files:
+        path = resolve_gin_file(given)
         if os.path.isdir(path):
             raise ConfigError(f"gin file {path!r} is a directory: give a gin file (.gin)")
         if not os.path.isfile(path):
-            raise ConfigError(f"gin file {path!r} does not exist")
+            raise ConfigError(_missing_gin_file(path))
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 lines = [line.strip() for line in f]
@@ -135,6 +232,14 @@ def check_gin_files(files: Sequence[str]) -> None:
                 f"gin file {path!r} binds nothing (it is empty or holds only comments): give "
                 "the file with your settings, such as gin_configs/snip.gin"
             )
+        resolved.append(path)
+    return resolved
+
+
+def _missing_gin_file(path: str) -> str:
+    # Both places it was looked for; in a source checkout run from its root, they are one.
+    looked = dict.fromkeys(p for p in (os.path.abspath(path), packaged_gin_file(path)) if p)
+    return f"gin file {path!r} does not exist (looked for {' and '.join(looked)})"
 
 
 def method_bound() -> bool:

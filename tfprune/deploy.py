@@ -25,9 +25,9 @@ import zlib
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import Functional
 
 from tfprune._io import atomic_path, make_temp_dir, write_text
+from tfprune._keras_compat import is_functional, plain_trackable
 from tfprune.errors import ConfigError, ModelError, OutputError
 from tfprune.layers import (
     _CONV_KEYS,
@@ -283,7 +283,7 @@ def report_table(report: dict) -> str:
 
 
 def _strip(model: keras.Model, apply_masks: bool) -> keras.Model:
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ModelError(
             "export accepts functional or Sequential Keras models; rebuild a subclassed model "
             "functionally first"
@@ -364,7 +364,7 @@ def _write_saved_model(stripped: keras.Model, directory: str) -> None:
     )
     # keras.export.ExportArchive tracks every variable twice (as a Keras and as a TF variable)
     # and so writes each weight twice; a plain trackable root writes each once.
-    root = tf.__internal__.tracking.AutoTrackable()
+    root = plain_trackable()
     root.variables = [weight.value for weight in stripped.weights]
 
     @tf.function(input_signature=[spec])

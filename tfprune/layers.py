@@ -13,9 +13,8 @@ from typing import NamedTuple
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
-from keras.src.backend import standardize_data_format
-from keras.src.models.functional import Functional
 
+from tfprune._keras_compat import is_functional, sublayers
 from tfprune.errors import ModelError
 
 _PACKAGE = "tfprune"
@@ -194,7 +193,7 @@ class MaskedConv2D(_MaskedKernelLayer):
         self.padding = str(padding).lower()
         if self.padding not in ("valid", "same"):
             raise ModelError(f"padding must be 'valid' or 'same', got {padding!r}")
-        self.data_format = standardize_data_format(data_format)
+        self.data_format = _data_format(data_format)
         self.dilation_rate = _pair(dilation_rate, "dilation_rate")
         self.groups = int(groups)
         if self.groups < 1 or self.filters % self.groups:
@@ -305,8 +304,8 @@ def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
 def _layers_in_order(root: keras.layers.Layer):
     """Yields `root` and every layer under it, depth first, in the order each model lists them.
 
-    `Layer._flatten_layers(recursive=True)` reverses the sublayers of nested models, so the
-    walk is done here.
+    Keras' own traversal (`tfprune._keras_compat.all_layers`) reverses the sublayers of nested
+    models, so the walk is done here.
     """
     seen, stack = set(), [root]
     while stack:
@@ -315,7 +314,7 @@ def _layers_in_order(root: keras.layers.Layer):
             continue
         seen.add(id(layer))
         yield layer
-        stack.extend(reversed(layer._layers))
+        stack.extend(reversed(sublayers(layer)))
 
 
 _DENSE_KEYS = (
@@ -361,7 +360,7 @@ def masked(model: keras.Model) -> keras.Model:
     >>> type(pruned.layers[0]).__name__
     'MaskedDense'
     """
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ModelError(
             "tfprune.masked accepts functional or Sequential Keras models; for a subclassed "
             "model, use MaskedDense/MaskedConv2D in its definition"
@@ -444,6 +443,16 @@ def _copy_into_masked(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
             new.bias.assign(old.bias)
     else:
         copy_layer_weights(old, new)
+
+
+def _data_format(value: str | None) -> str:
+    """`value` in lower case, checked; `None` is Keras' configured image data format."""
+    if value is None:
+        return keras.config.image_data_format()
+    data_format = str(value).lower()
+    if data_format not in ("channels_last", "channels_first"):
+        raise ModelError(f"data_format must be 'channels_last' or 'channels_first', got {value!r}")
+    return data_format
 
 
 def _pair(value, what: str) -> tuple[int, int]:

@@ -22,12 +22,6 @@ Errors a user can cause end with a one-line message on stderr and exit status 2.
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # First: TensorFlow reads its log level when it is imported.
-    from tfprune._startup import quiet_tensorflow
-
-    quiet_tensorflow()
-
 import argparse
 import csv
 import io

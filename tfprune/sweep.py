@@ -25,12 +25,6 @@ training writes to `D/logs/<cell>.log`; a line follows each finished cell, with 
 
 from __future__ import annotations
 
-if __name__ == "__main__":
-    # First: TensorFlow reads its log level when it is imported.
-    from tfprune._startup import quiet_tensorflow
-
-    quiet_tensorflow()
-
 import concurrent.futures
 import csv
 import dataclasses

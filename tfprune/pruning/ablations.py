@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 
 from tfprune import streams
+from tfprune._keras_compat import all_layers
 from tfprune.registry import ABLATIONS, check_ablations  # noqa: F401  re-exported
 
 # (variable attribute, initializer attribute) pairs of the stock and masked layers.
@@ -68,7 +69,7 @@ def reinitialize(model: keras.Model, seed: int) -> list[str]:
     """
     rng = streams.generator(seed, "reinit")
     redrawn, handled = [], set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model, include_self=False):
         for variable_name, initializer_name in _INITIALIZED:
             variable = getattr(layer, variable_name, None)
             initializer = getattr(layer, initializer_name, None)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import types
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
+from tfprune._keras_compat import exact_batch_moments
 from tfprune.errors import ConfigError
 from tfprune.pruning.scorers import cached_function, kernel_positions, variable_values
 from tfprune.registry import Scorer
@@ -59,7 +57,7 @@ class GraspScorer(Scorer):
         trainable = variable_values(model.trainable_variables)
         non_trainable = variable_values(model.non_trainable_variables)
         total = sum(len(y) for _, y in batches)
-        with _exact_batch_moments(model):
+        with exact_batch_moments(model):
             g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
             for x, y in batches:
                 for acc, grad in zip(g, gradient(trainable, non_trainable, x, y), strict=True):
@@ -124,35 +122,3 @@ class GraspScorer(Scorer):
             return outer.gradient(inner_product, kernels, unconnected_gradients=zero)
 
         return gradient, hessian_gradient
-
-
-@contextlib.contextmanager
-def _exact_batch_moments(model: keras.Model):
-    """Makes the model's BatchNorm layers compute batch moments that differentiate twice.
-
-    Keras' batch moments come from `tf.nn.moments`, whose variance stops the gradient through
-    the mean: the first derivative is exact, the second is not. While this context is open,
-    each BatchNormalization layer of `model` uses plain mean and variance instead (same values).
-    """
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=True, recursive=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for layer in layers:
-        layer._moments = types.MethodType(_exact_moments, layer)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer._moments
-
-
-def _exact_moments(layer, inputs, mask):
-    if mask is not None:
-        # Keras' masked moments do not stop any gradient.
-        return type(layer)._moments(layer, inputs, mask)
-    axes = layer._reduction_axes
-    mean = ops.mean(inputs, axis=axes, keepdims=True)
-    variance = ops.mean(ops.square(inputs - mean), axis=axes)
-    return ops.squeeze(mean, axis=axes), variance

@@ -7,8 +7,8 @@ import random
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import Functional
 
+from tfprune._keras_compat import all_layers, is_functional
 from tfprune.errors import ModelError
 from tfprune.registry import Scorer
 
@@ -60,7 +60,7 @@ class _LinearisedCopy:
         kernels = {id(w.kernel): path for path, w in weights.items()}
         statistics = {
             id(v)
-            for layer in model._flatten_layers(include_self=True, recursive=True)
+            for layer in all_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization)
             for v in (layer.moving_mean, layer.moving_variance)
         }
@@ -118,7 +118,7 @@ class _LinearisedCopy:
 
 def _float64_copy(model: keras.Model) -> keras.Model:
     """Returns an untrained copy of `model` with every layer rebuilt in float64."""
-    if not isinstance(model, (keras.Sequential, Functional)):
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ModelError(
             "synflow copies the network in float64, which needs a functional or Sequential "
             f"Keras model; {type(model).__name__} is subclassed"
