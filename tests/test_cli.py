@@ -328,8 +328,11 @@ if sys.argv[1] == "-m":
     assert [n for n in tfprune.__all__ if getattr(tfprune, n) is None] == []
 else:
     import tfprune
+    # `import tfprune` alone is light (the report and a sweep's planning rely on it) ...
+    assert "tensorflow" not in sys.modules, "the package imported TensorFlow"
     import keras
-    # `import tfprune` alone registers the masked layers for keras.models.load_model.
+    import tfprune.layers
+    # ... and tfprune's layers register themselves for keras.models.load_model.
     found = keras.saving.get_registered_object("tfprune>MaskedDense")
     assert found is sys.modules["tfprune.layers"].MaskedDense, found
     assert "tfprune.pruning" not in sys.modules

@@ -10,7 +10,8 @@ import re
 import pytest
 
 import tfprune
-from tfprune.pruning.scorers import get_scorer, scorer_names
+from tfprune import registry
+from tfprune.pruning.scorers import scorer_names
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 # A signature written out in the README: `tfprune.name(..., *, key=value, ...)`.
@@ -47,6 +48,6 @@ def test_readme_default_rounds_are_the_methods_own():
         text = " ".join(f.read().split())
     stated = re.search(r"\(`?(\d+)`? for `synflow`, (\d+) for the others\)", text)
     assert stated, "the README no longer states the methods' default rounds"
-    rounds = {name: get_scorer(name).default_rounds for name in scorer_names()}
+    rounds = {name: registry.get(name).default_rounds for name in scorer_names()}
     assert rounds.pop("synflow") == int(stated.group(1))
     assert set(rounds.values()) == {int(stated.group(2))}

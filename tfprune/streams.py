@@ -1,8 +1,8 @@
 """Independent random streams derived from a run's seed, one per purpose.
 
 Every random draw of a run (the data order of each epoch, the augmentation, the pruning
-sample, random keep-scores, the ablations' permutations and fresh weights, the positions of
-the layerwise baselines) comes from `generator(seed, stream, *keys)`. A stream is named, and
+sample, random keep-scores (the layerwise baselines' positions too), the ablations'
+permutations and fresh weights) comes from `generator(seed, stream, *keys)`. A stream is named, and
 the name (not a small integer that an epoch number or another stream could also take) is
 what separates it: the seed is the `SeedSequence` entropy and `(tag of the name, *keys)` its
 spawn key, so two different (stream, keys) never share a sequence.
@@ -25,7 +25,6 @@ STREAMS = (
     "scores",  # seeded scorers (random keep-scores)
     "shuffle",
     "reinit",
-    "positions",  # random positions of the layerwise baselines
 )
 # How many keys each stream takes: a fixed count, so that keys never run into one another.
 _KEYS = {"data_order": 1, "augmentation": 1}
