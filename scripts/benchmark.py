@@ -299,17 +299,14 @@ def _pipeline_images_per_second(name, batches):
     else:
         # CIFAR-10's preprocessing (normalisation, pad-4 crop, flip per example) on synthetic
         # in-memory images, so that the benchmark needs no download.
-        from tfprune import data as data_lib
-
         rng = np.random.default_rng(0)
         n = TRAIN_BATCH * batches
-        split = data_lib._Split(
-            tf.constant(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)),
-            rng.integers(0, NUM_CLASSES, n).astype(np.int32),
-        )
-        prep = data_lib._Preprocess(data_lib._RECIPES["cifar10"], "cifar10", None)
-        dataset = data_lib._in_memory_examples(
-            split, rng.permutation(n), TRAIN_BATCH, 0, prep, augment_key=1
+        dataset = tfprune.data.arrays_dataset(
+            rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, NUM_CLASSES, n),
+            TRAIN_BATCH,
+            like="cifar10",
+            seed=0,
         )
         label = "cifar10 recipe, synthetic"
     dataset = dataset.take(batches)

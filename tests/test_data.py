@@ -718,3 +718,25 @@ def test_a_dataset_read_by_an_existing_source_is_one_table_entry(tmp_path, monke
     ((x, y),) = _batches(eval_dataset("digits", 8, split="train", data_dir=str(tmp_path)))
     np.testing.assert_allclose(x, np.full((2, 3, 3, 1), 0.2), **tolerance(np.float32, 2))
     np.testing.assert_array_equal(y, [4, 1])
+
+
+def test_arrays_dataset_gives_the_batches_train_dataset_gives_for_the_same_examples():
+    """Arrays in memory with a known dataset's recipe: the same order, preprocessing and
+    augmentation as that dataset's own training batches (here the first 512 of
+    Fashion-MNIST, read from its IDX files)."""
+    folder = "/usr/share/datasets/fashion-mnist"
+    images = data._read_idx(Path(folder) / "train-images-idx3-ubyte.gz", 3)[:512, :, :, None]
+    labels = data._read_idx(Path(folder) / "train-labels-idx1-ubyte.gz", 1)[:512]
+    ours = data.arrays_dataset(images, labels, 128, like="fashion_mnist", seed=3, epoch=2)
+    theirs = data.train_dataset("fashion_mnist", 128, seed=3, epoch=2, limit=512)
+    pairs = list(zip(ours, theirs, strict=True))
+    assert len(pairs) == 4
+    for (x, y), (x_ref, y_ref) in pairs:
+        np.testing.assert_array_equal(x.numpy(), x_ref.numpy())
+        np.testing.assert_array_equal(y.numpy(), y_ref.numpy())
+    with pytest.raises(DataError, match=r"images must be uint8 of shape \(n, 32, 32, 3\)"):
+        data.arrays_dataset(images, labels, 128, like="cifar10", seed=0)
+    with pytest.raises(DataError, match=r"labels must lie in \[0, 10\)"):
+        data.arrays_dataset(images, labels + 10, 128, like="fashion_mnist", seed=0)
+    with pytest.raises(ConfigError, match="like='nodata' is not a dataset of the table"):
+        data.arrays_dataset(images, labels, 128, like="nodata", seed=0)

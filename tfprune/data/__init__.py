@@ -40,6 +40,7 @@ _LAZY = {
     **{
         name: ("tfprune.data.pipeline", name)
         for name in (
+            "arrays_dataset",
             "train_dataset",
             "eval_dataset",
             "pruning_data",
@@ -59,6 +60,7 @@ _RECIPES = MappingProxyType({name: s.recipe for name, s in SPECS.items()})
 
 __all__ = [
     "DatasetInfo",
+    "arrays_dataset",
     "DatasetSpec",
     "dataset_info",
     "eval_dataset",

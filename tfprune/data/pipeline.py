@@ -22,7 +22,7 @@ from tfprune import streams
 from tfprune.data.checks import check_int, check_limit, check_split
 from tfprune.data.sources import open_source
 from tfprune.data.sources.base import Source, Split
-from tfprune.data.specs import Recipe
+from tfprune.data.specs import SPECS, Recipe, spec
 from tfprune.errors import ConfigError, DataError
 
 _AUTOTUNE = tf.data.AUTOTUNE
@@ -156,8 +156,74 @@ def _in_memory_examples(
     return ds.prefetch(_AUTOTUNE)
 
 
+def _epoch(split, n, batch_size, skip, prep, seed, epoch, augmenting) -> tf.data.Dataset:
+    """Epoch `epoch` of the first `n` examples of an in-memory split: the order and the
+    augmentation keys of the run's streams."""
+    order = streams.generator(seed, "data_order", epoch).permutation(n)
+    key = streams.key31(seed, "augmentation", epoch)
+    return _in_memory_examples(split, order, batch_size, skip, prep, key if augmenting else None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
+
+
+def arrays_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    like: str,
+    seed: int,
+    epoch: int = 0,
+    augment: bool = True,
+    normalize: bool | None = None,
+) -> tf.data.Dataset:
+    """One epoch of training batches of arrays in memory, preprocessed and augmented as the
+    known dataset `like` is (SPEC §5), in the order `train_dataset` would give them.
+
+    Args:
+        images: uint8 array [N, H, W, C] of the shape `like`'s images have.
+        labels: integer class indices [N] in [0, number of classes of `like`).
+        batch_size: examples per batch; the last batch may be smaller.
+        like: a dataset of the table (`tfprune.data.spec`), e.g. "cifar10".
+        seed: non-negative integer seed of the run.
+        epoch: index of the epoch (0-based).
+        augment: apply `like`'s training augmentation.
+        normalize: mean/std normalisation; None for `like`'s default.
+
+    Returns:
+        A `tf.data.Dataset` of (x float32 [B, H, W, C], y int32 [B]).
+
+    Raises:
+        ConfigError, DataError: for an unknown `like`, or arrays that do not fit it.
+
+    Example:
+        >>> images = np.zeros((256, 32, 32, 3), np.uint8)
+        >>> ds = arrays_dataset(images, np.zeros(256, int), 128, like="cifar10", seed=0)
+    """
+    known = spec(like)
+    if known is None:
+        raise ConfigError(
+            f"like={like!r} is not a dataset of the table; use one of {', '.join(SPECS)}"
+        )
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    epoch = check_int("epoch", epoch, 0)
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.shape[1:] != known.input_shape:
+        raise DataError(
+            f"images must be uint8 of shape (n, {', '.join(map(str, known.input_shape))}) like "
+            f"{like}, got {images.dtype} {images.shape}"
+        )
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels must be {len(images)} integer class indices, got {labels.shape}")
+    if labels.size and not 0 <= labels.min() <= labels.max() < known.num_classes:
+        raise DataError(f"labels must lie in [0, {known.num_classes}) for {like}")
+    split = Split(tf.constant(images), labels.astype(np.int32))
+    prep = _Preprocess(known.recipe, like, normalize)
+    augmenting = augment and known.recipe.augment != "none"
+    return _epoch(split, len(images), batch_size, 0, prep, seed, epoch, augmenting)
 
 
 def train_dataset(
@@ -220,10 +286,7 @@ def train_dataset(
     augmenting = augment and source.recipe.augment != "none"
     skip = skip_batches * batch_size
     if source.in_memory:
-        order = streams.generator(seed, "data_order", epoch).permutation(n)
-        return _in_memory_examples(
-            source.split("train"), order, batch_size, skip, prep, key if augmenting else None
-        )
+        return _epoch(source.split("train"), n, batch_size, skip, prep, seed, epoch, augmenting)
     shuffle_key = streams.key31(seed, "data_order", epoch)
     ds = source.stream("train", shuffle_key=shuffle_key, limit=limit).enumerate().skip(skip)
     tf_key = tf.constant(key, tf.int64)
