@@ -165,6 +165,7 @@ _LOAD = """
 import json, sys
 import numpy as np
 import tfprune, keras
+import tfprune.layers  # registers the masked layers with Keras (import tfprune alone is light)
 from tfprune.cli import packaged_configs
 model = keras.models.load_model(sys.argv[1])
 masked = [layer for layer in model.layers if hasattr(layer, "mask")]
