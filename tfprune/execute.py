@@ -51,22 +51,8 @@ def run(
     overwrite: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Runs (or resumes, or returns the finished result of) one experiment.
-
-    Args:
-        experiment: What to run.
-        training: How to train.
-        output_dir: The run directory (default: `default_output_dir(...)`).
-        overwrite: Start afresh in an `output_dir` that holds a different configuration.
-        should_stop: Polled between iterations; True writes a checkpoint and stops
-            (`tfprune.training.Interrupted` is raised).
-
-    Returns:
-        The content of `results.json`.
-
-    Raises:
-        ConfigError, DataError, OutputError, TrainingError: for problems a user can fix.
-    """
+    """`tfprune.experiment.run`: runs, resumes, or returns the finished result of one experiment
+    (its arguments, results and errors are documented there)."""
     validate(experiment, training)
     output_dir = output_dir or default_output_dir(experiment, training)
     config = config_dict(experiment, training)
