@@ -17,7 +17,19 @@ _ORIGINS = {
     "errors": "tfprune.errors",
     "models": "tfprune.models",
     **dict.fromkeys(
-        ("MaskedConv2D", "MaskedDense", "PrunableWeight", "masked", "prunable_weights"),
+        (
+            "MaskedConv1D",
+            "MaskedConv2D",
+            "MaskedConv3D",
+            "MaskedDense",
+            "MaskedLayer",
+            "PrunableWeight",
+            "UnprunedLayerWarning",
+            "masked",
+            "prunable_weights",
+            "register_masked",
+            "unpruned_layers",
+        ),
         "tfprune.layers",
     ),
     **dict.fromkeys(

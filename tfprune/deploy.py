@@ -29,15 +29,7 @@ import tensorflow as tf
 from tfprune._io import atomic_path, make_temp_dir, write_text
 from tfprune._keras_compat import is_functional, plain_trackable
 from tfprune.errors import ConfigError, ModelError, OutputError
-from tfprune.layers import (
-    _CONV_KEYS,
-    _DENSE_KEYS,
-    MASKED_LAYERS,
-    MaskedConv2D,
-    MaskedDense,
-    clone_and_copy,
-    copy_layer_weights,
-)
+from tfprune.layers import clone_and_copy, stock_twin, transfer_weights
 
 FORMATS = ("keras", "saved_model", "tflite")
 #: Name of the SavedModel signature, of its single input and of its single output.
@@ -290,31 +282,9 @@ def _strip(model: keras.Model, apply_masks: bool) -> keras.Model:
         )
 
     def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
-        if not isinstance(old, MASKED_LAYERS):
-            copy_layer_weights(old, new)
-            return
-        kernel = keras.ops.convert_to_numpy(old.kernel)
-        if apply_masks:
-            # np.where, not kernel * mask: a negative weight times 0 would be -0.0.
-            mask = keras.ops.convert_to_numpy(old.mask)
-            kernel = np.where(mask != 0, kernel, np.zeros_like(kernel))
-        new.kernel.assign(kernel)
-        if old.bias is not None:
-            new.bias.assign(old.bias)
+        transfer_weights(old, new, apply_masks=apply_masks)
 
-    return clone_and_copy(model, _stock_twin, copy)
-
-
-def _stock_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A stock layer with a masked layer's configuration, or a fresh copy of any other layer."""
-    if isinstance(layer, MaskedDense):
-        keys, cls = _DENSE_KEYS, keras.layers.Dense
-    elif isinstance(layer, MaskedConv2D):
-        keys, cls = _CONV_KEYS, keras.layers.Conv2D
-    else:
-        return layer.__class__.from_config(layer.get_config())
-    config = layer.get_config()
-    return cls(**{key: config[key] for key in keys if key in config})
+    return clone_and_copy(model, stock_twin, copy)
 
 
 def _check_format(format: str, path: str, sparsity: bool) -> None:

@@ -18,6 +18,9 @@ from tfprune.registry import ABLATIONS, check_ablations  # noqa: F401  re-export
 # (variable attribute, initializer attribute) pairs of the stock and masked layers.
 _INITIALIZED = (
     ("kernel", "kernel_initializer"),
+    ("depthwise_kernel", "depthwise_initializer"),
+    ("pointwise_kernel", "pointwise_initializer"),
+    ("embeddings", "embeddings_initializer"),
     ("bias", "bias_initializer"),
     ("gamma", "gamma_initializer"),
     ("beta", "beta_initializer"),

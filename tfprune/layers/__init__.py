@@ -1,0 +1,58 @@
+"""Keras layers whose weights carry pruning masks, and the conversion of whole models.
+
+Importing this package registers every masked layer with Keras' serialization, so
+`keras.models.load_model` can rebuild them. The table `register_masked` fills tells `masked()`
+which stock layer becomes which masked twin; `strip()` goes back.
+"""
+
+from tfprune.layers.base import (
+    MaskedLayer,
+    PrunableWeight,
+    layers_in_order,
+    mask_map,
+    prunable_weights,
+)
+from tfprune.layers.conv import MaskedConv, MaskedConv1D, MaskedConv2D, MaskedConv3D
+from tfprune.layers.convert import (
+    UnprunedLayerWarning,
+    clone_and_copy,
+    masked,
+    masked_twins,
+    register_masked,
+    stock_twin,
+    transfer_weights,
+    unpruned_layers,
+    warn_unpruned,
+)
+from tfprune.layers.core import KernelLayer, MaskedDense
+
+#: Every masked twin of a stock Keras layer that tfprune defines.
+MASKED_LAYERS = (MaskedDense, MaskedConv1D, MaskedConv2D, MaskedConv3D)
+
+for _layer in MASKED_LAYERS:
+    register_masked(_layer.stock_class, _layer)
+del _layer
+
+__all__ = [
+    "MASKED_LAYERS",
+    "KernelLayer",
+    "MaskedConv",
+    "MaskedConv1D",
+    "MaskedConv2D",
+    "MaskedConv3D",
+    "MaskedDense",
+    "MaskedLayer",
+    "PrunableWeight",
+    "UnprunedLayerWarning",
+    "clone_and_copy",
+    "layers_in_order",
+    "mask_map",
+    "masked",
+    "masked_twins",
+    "prunable_weights",
+    "register_masked",
+    "stock_twin",
+    "transfer_weights",
+    "unpruned_layers",
+    "warn_unpruned",
+]
