@@ -24,6 +24,11 @@ without training: Fashion-MNIST, and for ResNet-20 the CIFAR-10 augmentation on 
 in-memory images); the fastest of three epochs of `Trainer.run` end to end; and memory,
 each variant in a fresh process: resident memory added by building the network, and the peak
 added by 30 training steps (Linux `VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
+
+Fit: examples/s of `model.fit` (SGD with momentum 0.9, one fixed batch repeated) for the masked
+network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks and
+for keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
+4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
 """
 
 from __future__ import annotations
@@ -377,7 +382,76 @@ def bench_train(model_names, repeats):
             print(f"| {name} | {variant} | {built:.1f} | {trained:.1f} |")
 
 
-SECTIONS = ("scorers", "export", "train")
+def _fit_mobilenet_v2():
+    return keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=NUM_CLASSES, classifier_activation=None
+    )
+
+
+def _fit_transformer_block():
+    ids = keras.Input((64,), dtype="int32")
+    h = keras.layers.Embedding(5000, 128)(ids)
+    attended = keras.layers.MultiHeadAttention(num_heads=4, key_dim=32)(h, h)
+    h = keras.layers.LayerNormalization()(h + attended)
+    ffn = keras.layers.Dense(512, activation="relu")(h)
+    h = keras.layers.LayerNormalization()(h + keras.layers.Dense(128)(ffn))
+    logits = keras.layers.Dense(NUM_CLASSES)(keras.layers.GlobalAveragePooling1D()(h))
+    return keras.Model(ids, logits, name="transformer_block")
+
+
+def _fit_networks(name):
+    """`(masked, stock, x, y, batch)`: the masked network at TRAIN_DENSITY and the stock network
+    of the same weights (`strip`), for the paper's networks and for two Keras models that
+    `tfprune.masked` converts."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    if name in SHAPES:
+        masked = tfprune.models.build(name, SHAPES[name], NUM_CLASSES)
+        x, y = _train_batch(SHAPES[name])
+        batch = TRAIN_BATCH
+    else:
+        masked = tfprune.masked(FIT_NETWORKS[name]())
+        batch = 32
+        if name == "transformer_block":
+            x = rng.integers(0, 5000, size=(batch, 64)).astype(np.int32)
+        else:
+            x = rng.random((batch, 32, 32, 3), dtype=np.float32)
+        y = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+    tfprune.prune(masked, "magnitude", TRAIN_DENSITY)
+    return masked, tfprune.strip(masked), x, y, batch
+
+
+def _fit_runner(model, x, y, steps):
+    """A function running one `model.fit` epoch of `steps` batches of (x, y)."""
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    return lambda: model.fit(dataset, epochs=1, verbose=0)
+
+
+def bench_fit(model_names, repeats):
+    names = [*model_names, *FIT_NETWORKS]
+    print(f"\n## model.fit: masked layers against stock Keras layers (density {TRAIN_DENSITY}, "
+          f"SGD with momentum 0.9, CPU, fastest of {repeats} alternating measurements)\n")
+    print("| network | batch | masked (examples/s) | stock (examples/s) | masked / stock |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        masked, stock, x, y, batch = _fit_networks(name)
+        steps = 20 if name == "lenet_300_100" else 4
+        runners = {
+            "masked": _fit_runner(masked, x, y, steps),
+            "stock": _fit_runner(stock, x, y, steps),
+        }
+        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        rate = {k: batch * steps / v for k, v in seconds.items()}
+        print(f"| {name} | {batch} | {rate['masked']:,.0f} | {rate['stock']:,.0f} | "
+              f"{rate['masked'] / rate['stock']:.3f} |")
+
+
+FIT_NETWORKS = {"mobilenet_v2": _fit_mobilenet_v2, "transformer_block": _fit_transformer_block}
+SECTIONS = ("scorers", "export", "train", "fit")
 
 
 def main():
@@ -404,6 +478,8 @@ def main():
         bench_export(names, args.repeats, args.threads)
     if "train" in sections:
         bench_train(names, args.repeats)
+    if "fit" in sections:
+        bench_fit(names, args.repeats)
 
 
 if __name__ == "__main__":
