@@ -19,10 +19,17 @@ _ORIGINS = {
     **dict.fromkeys(
         (
             "MaskedConv1D",
+            "MaskedConv1DTranspose",
             "MaskedConv2D",
+            "MaskedConv2DTranspose",
             "MaskedConv3D",
+            "MaskedConv3DTranspose",
             "MaskedDense",
+            "MaskedDepthwiseConv1D",
+            "MaskedDepthwiseConv2D",
             "MaskedLayer",
+            "MaskedSeparableConv1D",
+            "MaskedSeparableConv2D",
             "PrunableWeight",
             "UnprunedLayerWarning",
             "masked",

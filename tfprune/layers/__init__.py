@@ -12,7 +12,22 @@ from tfprune.layers.base import (
     mask_map,
     prunable_weights,
 )
-from tfprune.layers.conv import MaskedConv, MaskedConv1D, MaskedConv2D, MaskedConv3D
+from tfprune.layers.conv import (
+    MaskedConv,
+    MaskedConv1D,
+    MaskedConv1DTranspose,
+    MaskedConv2D,
+    MaskedConv2DTranspose,
+    MaskedConv3D,
+    MaskedConv3DTranspose,
+    MaskedConvTranspose,
+    MaskedDepthwiseConv,
+    MaskedDepthwiseConv1D,
+    MaskedDepthwiseConv2D,
+    MaskedSeparableConv,
+    MaskedSeparableConv1D,
+    MaskedSeparableConv2D,
+)
 from tfprune.layers.convert import (
     UnprunedLayerWarning,
     clone_and_copy,
@@ -27,7 +42,19 @@ from tfprune.layers.convert import (
 from tfprune.layers.core import KernelLayer, MaskedDense
 
 #: Every masked twin of a stock Keras layer that tfprune defines.
-MASKED_LAYERS = (MaskedDense, MaskedConv1D, MaskedConv2D, MaskedConv3D)
+MASKED_LAYERS = (
+    MaskedDense,
+    MaskedConv1D,
+    MaskedConv2D,
+    MaskedConv3D,
+    MaskedConv1DTranspose,
+    MaskedConv2DTranspose,
+    MaskedConv3DTranspose,
+    MaskedDepthwiseConv1D,
+    MaskedDepthwiseConv2D,
+    MaskedSeparableConv1D,
+    MaskedSeparableConv2D,
+)
 
 for _layer in MASKED_LAYERS:
     register_masked(_layer.stock_class, _layer)
@@ -38,10 +65,20 @@ __all__ = [
     "KernelLayer",
     "MaskedConv",
     "MaskedConv1D",
+    "MaskedConv1DTranspose",
     "MaskedConv2D",
+    "MaskedConv2DTranspose",
     "MaskedConv3D",
+    "MaskedConv3DTranspose",
+    "MaskedConvTranspose",
     "MaskedDense",
+    "MaskedDepthwiseConv",
+    "MaskedDepthwiseConv1D",
+    "MaskedDepthwiseConv2D",
     "MaskedLayer",
+    "MaskedSeparableConv",
+    "MaskedSeparableConv1D",
+    "MaskedSeparableConv2D",
     "PrunableWeight",
     "UnprunedLayerWarning",
     "clone_and_copy",
