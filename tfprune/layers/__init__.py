@@ -12,6 +12,7 @@ from tfprune.layers.base import (
     mask_map,
     prunable_weights,
 )
+from tfprune.layers.attention import MaskedMultiHeadAttention
 from tfprune.layers.conv import MaskedConv, MaskedConv1D, MaskedConv2D, MaskedConv3D
 from tfprune.layers.convert import (
     UnprunedLayerWarning,
@@ -24,10 +25,24 @@ from tfprune.layers.convert import (
     unpruned_layers,
     warn_unpruned,
 )
-from tfprune.layers.core import KernelLayer, MaskedDense
+from tfprune.layers.core import (
+    KernelLayer,
+    MaskedDense,
+    MaskedEinsumDense,
+    MaskedEmbedding,
+    all_ones_input,
+)
 
 #: Every masked twin of a stock Keras layer that tfprune defines.
-MASKED_LAYERS = (MaskedDense, MaskedConv1D, MaskedConv2D, MaskedConv3D)
+MASKED_LAYERS = (
+    MaskedDense,
+    MaskedEinsumDense,
+    MaskedEmbedding,
+    MaskedMultiHeadAttention,
+    MaskedConv1D,
+    MaskedConv2D,
+    MaskedConv3D,
+)
 
 for _layer in MASKED_LAYERS:
     register_masked(_layer.stock_class, _layer)
@@ -41,9 +56,13 @@ __all__ = [
     "MaskedConv2D",
     "MaskedConv3D",
     "MaskedDense",
+    "MaskedEinsumDense",
+    "MaskedEmbedding",
     "MaskedLayer",
+    "MaskedMultiHeadAttention",
     "PrunableWeight",
     "UnprunedLayerWarning",
+    "all_ones_input",
     "clone_and_copy",
     "layers_in_order",
     "mask_map",
