@@ -17,19 +17,19 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+# Why private: `MultiHeadAttention.build` makes its query, key, value, output (and gate)
+# projections by calling the name `EinsumDense` of the module imported here, and Keras offers no
+# argument or hook to make them of another class. `attention_projections` replaces that name
+# while a masked attention layer is built, so its projections are masked layers, which save and
+# load as the stock ones do.
+from keras.src.layers.attention import multi_head_attention as _multi_head_attention
+
 # Why private: `keras.Model(inputs, outputs)` builds an instance of this class, and Keras 3
 # exports neither the class nor a predicate for it (`keras.Model` is also the base of subclassed
 # models; `keras.Sequential` is public, and a Sequential model is not a Functional one).
 # `keras.models.clone_model` rebuilds functional and Sequential models only, so tfprune tells
 # them from subclassed models before cloning, with a message of its own.
 from keras.src.models.functional import Functional
-
-# Why private: `MultiHeadAttention.build` makes its query, key, value, output (and gate)
-# projections by calling the name `EinsumDense` of this module, and Keras offers no argument or
-# hook to make them of another class. `attention_projections` replaces that name while a
-# masked attention layer is built, so its projections are masked layers that save and load
-# as the stock ones do.
-from keras.src.layers.attention import multi_head_attention as _multi_head_attention
 
 
 def is_functional(model: keras.layers.Layer) -> bool:

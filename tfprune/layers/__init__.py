@@ -5,6 +5,7 @@ Importing this package registers every masked layer with Keras' serialization, s
 which stock layer becomes which masked twin; `strip()` goes back.
 """
 
+from tfprune.layers.attention import MaskedMultiHeadAttention
 from tfprune.layers.base import (
     MaskedLayer,
     PrunableWeight,
@@ -12,7 +13,6 @@ from tfprune.layers.base import (
     mask_map,
     prunable_weights,
 )
-from tfprune.layers.attention import MaskedMultiHeadAttention
 from tfprune.layers.conv import MaskedConv, MaskedConv1D, MaskedConv2D, MaskedConv3D
 from tfprune.layers.convert import (
     UnprunedLayerWarning,

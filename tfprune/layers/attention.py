@@ -47,9 +47,7 @@ class MaskedMultiHeadAttention(keras.layers.MultiHeadAttention, MaskedLayer):
         with attention_projections(MaskedEinsumDense):
             super().build(query_shape, value_shape, key_shape)
         stock = [
-            layer.name
-            for layer in sublayers(self)
-            if isinstance(layer, keras.layers.EinsumDense)
+            layer.name for layer in sublayers(self) if isinstance(layer, keras.layers.EinsumDense)
         ]
         if stock:
             raise ModelError(

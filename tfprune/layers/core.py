@@ -404,9 +404,7 @@ class MaskedEmbedding(MaskedLayer):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelError(f"{what} must be a positive int, got {value!r}")
         if kwargs.pop("input_length", None) is not None:
-            warnings.warn(
-                "Argument `input_length` is deprecated. Just remove it.", stacklevel=2
-            )
+            warnings.warn("Argument `input_length` is deprecated. Just remove it.", stacklevel=2)
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.input_dim = input_dim
         self.output_dim = output_dim
