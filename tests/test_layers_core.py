@@ -149,6 +149,7 @@ def test_einsum_dense_by_hand():
     [
         (dict(equation="ab,bc", output_shape=4), "invalid einsum equation 'ab,bc'"),
         (dict(equation="ab,bc->ac", output_shape=4, bias_axes="x"), "names 'x'"),
+        (dict(equation="ab,bc->ac", output_shape=4, bias_axes=""), "at least one output axis"),
     ],
 )
 def test_einsum_dense_rejects_bad_arguments(kwargs, message):

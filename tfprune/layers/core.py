@@ -198,6 +198,8 @@ class MaskedEinsumDense(KernelLayer):
         else:
             self.partial_output_shape = tuple(output_shape)
         output_spec = _split_equation(self.equation)[2]
+        if self.bias_axes == "":
+            raise ModelError("bias_axes must name at least one output axis, or be None")
         missing = sorted(set(self.bias_axes or "") - set(output_spec))
         if missing:
             raise ModelError(
