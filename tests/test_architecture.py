@@ -8,9 +8,11 @@ somewhere else.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
+import threading
 
 import keras
 import numpy as np
@@ -21,13 +23,15 @@ from _tolerance import approx
 from tfprune import _keras_compat
 from tfprune._keras_compat import (
     all_layers,
+    attention_projections,
     exact_batch_moments,
     is_functional,
     plain_trackable,
     sublayers,
 )
 from tfprune.errors import ModelError
-from tfprune.layers import MaskedConv2D
+from tfprune.layers import MaskedConv2D, MaskedEinsumDense, MaskedMultiHeadAttention
+from tfprune.layers import attention as attention_module
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfprune")
 COMPAT = os.path.join(PACKAGE, "_keras_compat.py")
@@ -64,9 +68,13 @@ def _private_uses(sources: dict[str, list[str]]) -> list[str]:
 def test_only_the_compat_module_uses_private_keras_apis():
     sources = _sources()
     # The scan sees the whole package, the compat module and the modules that use it included.
-    assert {"_keras_compat.py", os.path.join("layers", "base.py"), "deploy.py", os.path.join("pruning", "grasp.py")} <= (
-        set(sources)
-    )
+    assert {
+        "_keras_compat.py",
+        os.path.join("layers", "base.py"),
+        os.path.join("layers", "attention.py"),
+        "deploy.py",
+        os.path.join("pruning", "grasp.py"),
+    } <= set(sources)
     compat = sources.pop("_keras_compat.py")
     assert any("from keras.src." in line for line in compat)
     assert _private_uses(sources) == [], (
@@ -239,6 +247,90 @@ def test_plain_trackable_saves_what_is_assigned(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     assert [v.numpy().tolist() for v in loaded.variables] == [[1.5, -2.0]], (
         f"{BROKEN}an AutoTrackable root no longer saves its assigned variables"
+    )
+
+
+class _Projection(MaskedEinsumDense):
+    """A projection class of its own, so the test sees which layers the factory made."""
+
+
+def _built_attention(layer: keras.layers.MultiHeadAttention) -> keras.layers.MultiHeadAttention:
+    layer.build((2, 4, 6), (2, 3, 5))
+    return layer
+
+
+def _projections(layer: keras.layers.Layer) -> dict[str, type]:
+    return {
+        sub.name: type(sub)
+        for sub in sublayers(layer)
+        if isinstance(sub, (keras.layers.EinsumDense, MaskedEinsumDense))
+    }
+
+
+STOCK_PROJECTIONS = dict.fromkeys(["query", "key", "gate", "value", "attention_output"])
+
+
+def test_attention_builds_its_projections_through_its_module_name():
+    signature = inspect.signature(keras.layers.MultiHeadAttention.build)
+    assert list(signature.parameters) == ["self", "query_shape", "value_shape", "key_shape"], (
+        f"{BROKEN}MultiHeadAttention.build{signature} changed: update MaskedMultiHeadAttention"
+    )
+    module = _keras_compat._multi_head_attention
+    assert module.EinsumDense is keras.layers.EinsumDense, (
+        f"{BROKEN}keras.src.layers.attention.multi_head_attention no longer names "
+        "EinsumDense: update _keras_compat.attention_projections"
+    )
+    made = []
+
+    def factory(*args, **kwargs):
+        made.append(kwargs["name"])
+        return _Projection(*args, **kwargs)
+
+    with attention_projections(factory):
+        layer = _built_attention(keras.layers.MultiHeadAttention(2, 3, use_gate=True))
+    assert made == list(STOCK_PROJECTIONS), (
+        f"{BROKEN}MultiHeadAttention.build no longer makes its projections by calling "
+        "EinsumDense of its module: MaskedMultiHeadAttention would not be pruned"
+    )
+    assert _projections(layer) == dict.fromkeys(STOCK_PROJECTIONS, _Projection)
+    assert module.EinsumDense is keras.layers.EinsumDense, "the name stayed replaced"
+    after = _built_attention(keras.layers.MultiHeadAttention(2, 3, use_gate=True))
+    assert _projections(after) == dict.fromkeys(STOCK_PROJECTIONS, keras.layers.EinsumDense)
+
+
+def test_attention_projections_nest_and_leave_other_threads_stock():
+    built = {}
+
+    def other_thread():
+        built["other"] = _projections(_built_attention(keras.layers.MultiHeadAttention(2, 3)))
+
+    with attention_projections(_Projection):
+        with attention_projections(MaskedEinsumDense):
+            built["inner"] = _projections(_built_attention(keras.layers.MultiHeadAttention(2, 3)))
+        # Built while this thread holds the replacement: another thread gets stock layers.
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        built["outer"] = _projections(_built_attention(keras.layers.MultiHeadAttention(2, 3)))
+    names = ["query", "key", "value", "attention_output"]
+    assert built == {
+        "inner": dict.fromkeys(names, MaskedEinsumDense),
+        "other": dict.fromkeys(names, keras.layers.EinsumDense),
+        "outer": dict.fromkeys(names, _Projection),
+    }
+
+
+def test_masked_attention_refuses_stock_projections(monkeypatch):
+    # If the replacement stopped working, the layer would silently stay dense: it must raise.
+    monkeypatch.setattr(
+        attention_module, "attention_projections", lambda factory: contextlib.nullcontext()
+    )
+    with pytest.raises(ModelError) as error:
+        _built_attention(MaskedMultiHeadAttention(2, 3, name="mha"))
+    assert str(error.value) == (
+        f"layer 'mha': Keras {keras.__version__} built the projections query, key, value, "
+        "attention_output unmasked; tfprune._keras_compat.attention_projections needs updating "
+        "for this Keras version"
     )
 
 

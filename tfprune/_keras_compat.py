@@ -9,12 +9,20 @@ that no longer holds.
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import keras
 import tensorflow as tf
 from keras import ops
+
+# Why private: `MultiHeadAttention.build` makes its query, key, value, output (and gate)
+# projections by calling the name `EinsumDense` of the module imported here, and Keras offers no
+# argument or hook to make them of another class. `attention_projections` replaces that name
+# while a masked attention layer is built, so its projections are masked layers, which save and
+# load as the stock ones do.
+from keras.src.layers.attention import multi_head_attention as _multi_head_attention
 
 # Why private: `keras.Model(inputs, outputs)` builds an instance of this class, and Keras 3
 # exports neither the class nor a predicate for it (`keras.Model` is also the base of subclassed
@@ -132,3 +140,46 @@ def plain_trackable() -> tf.__internal__.tracking.AutoTrackable:
     `tf.Module`, is exported only under `tf.__internal__`.
     """
     return tf.__internal__.tracking.AutoTrackable()
+
+
+# The projection class of the attention layers being built in each thread (None: the stock
+# `EinsumDense`). The module's name is replaced under the lock, and the replacement reads this,
+# so an attention layer built at the same time in another thread keeps stock projections.
+_PROJECTIONS = threading.local()
+_PROJECTIONS_LOCK = threading.RLock()
+
+
+def _projection(*args, **kwargs) -> keras.layers.Layer:
+    factory = getattr(_PROJECTIONS, "factory", None) or keras.layers.EinsumDense
+    return factory(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def attention_projections(factory: Callable[..., keras.layers.Layer]) -> Iterator[None]:
+    """Makes the `keras.layers.MultiHeadAttention` layers built in this context, in this
+    thread, create their projections with `factory` instead of `keras.layers.EinsumDense`.
+
+    Why private: `MultiHeadAttention.build` calls the name `EinsumDense` of its module
+    (`keras.src.layers.attention.multi_head_attention`) for each projection, with the
+    arguments of `keras.layers.EinsumDense`; that name is replaced while the context is open.
+    A lock keeps two threads from replacing it at once, and other threads still get
+    `EinsumDense`. Contexts nest.
+
+    Args:
+        factory: Called as `keras.layers.EinsumDense` would be (equation, output_shape,
+            bias_axes, activation, name, initializers, ...); returns the projection layer.
+
+    Example:
+
+    >>> with attention_projections(MaskedEinsumDense):
+    ...     attention.build(query_shape, value_shape)
+    """
+    with _PROJECTIONS_LOCK:
+        name, outer = _multi_head_attention.EinsumDense, getattr(_PROJECTIONS, "factory", None)
+        _multi_head_attention.EinsumDense = _projection
+        _PROJECTIONS.factory = factory
+        try:
+            yield
+        finally:
+            _PROJECTIONS.factory = outer
+            _multi_head_attention.EinsumDense = name

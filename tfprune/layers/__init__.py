@@ -5,6 +5,7 @@ Importing this package registers every masked layer with Keras' serialization, s
 which stock layer becomes which masked twin; `strip()` goes back.
 """
 
+from tfprune.layers.attention import MaskedMultiHeadAttention
 from tfprune.layers.base import (
     MaskedLayer,
     PrunableWeight,
@@ -39,11 +40,20 @@ from tfprune.layers.convert import (
     unpruned_layers,
     warn_unpruned,
 )
-from tfprune.layers.core import KernelLayer, MaskedDense
+from tfprune.layers.core import (
+    KernelLayer,
+    MaskedDense,
+    MaskedEinsumDense,
+    MaskedEmbedding,
+    all_ones_input,
+)
 
 #: Every masked twin of a stock Keras layer that tfprune defines.
 MASKED_LAYERS = (
     MaskedDense,
+    MaskedEinsumDense,
+    MaskedEmbedding,
+    MaskedMultiHeadAttention,
     MaskedConv1D,
     MaskedConv2D,
     MaskedConv3D,
@@ -75,12 +85,16 @@ __all__ = [
     "MaskedDepthwiseConv",
     "MaskedDepthwiseConv1D",
     "MaskedDepthwiseConv2D",
+    "MaskedEinsumDense",
+    "MaskedEmbedding",
     "MaskedLayer",
+    "MaskedMultiHeadAttention",
     "MaskedSeparableConv",
     "MaskedSeparableConv1D",
     "MaskedSeparableConv2D",
     "PrunableWeight",
     "UnprunedLayerWarning",
+    "all_ones_input",
     "clone_and_copy",
     "layers_in_order",
     "mask_map",

@@ -122,13 +122,15 @@ def stock_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
 
 def unpruned_layers(model: keras.layers.Layer) -> dict[str, int]:
     """`{layer path: parameter count}` of the layers whose own kernel-like weights (trainable,
-    two dimensions or more) no mask covers: they stay dense when the model is pruned."""
+    two dimensions or more, not named `bias`) no mask covers: they stay dense when the model is
+    pruned. A bias may have two dimensions or more (EinsumDense, the projections of
+    MultiHeadAttention); biases are never pruned (SPEC §1)."""
     covered = mask_map(model)
     found = {}
     for layer in layers_in_order(model):
         inner = {id(w) for sub in sublayers(layer) for w in sub.weights}
         own = [w for w in layer.trainable_weights if id(w) not in inner]
-        if any(len(w.shape) >= 2 and id(w) not in covered for w in own):
+        if any(len(w.shape) >= 2 and w.name != "bias" and id(w) not in covered for w in own):
             path = getattr(layer, "path", None) or layer.name
             found[path] = int(sum(int(np.prod(w.shape)) for w in own))
     return found
@@ -177,7 +179,8 @@ def clone_and_copy(
 
     def clone_function(layer):
         clone = twin(layer)
-        pairs.append((layer, clone))
+        if isinstance(layer, keras.layers.Layer):  # not an operation (`keras.ops` call)
+            pairs.append((layer, clone))
         return clone
 
     clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
