@@ -463,6 +463,25 @@ def test_synflow_through_ones_response_matches_hand_derivation():
     assert _kept(masks) == round(0.3 * _total(model))
 
 
+def test_synflow_in_place_answers_integer_inputs_with_ones_response(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    copied = tfprune.score(_id_model(dtype="float32"), "synflow")
+    model = _id_model(dtype="float32")
+    before = _state(model)
+
+    def refuse(model):
+        raise ModelError("no copy")
+
+    monkeypatch.setattr(synflow, "_float64_copy", refuse)
+    in_place = tfprune.score(model, "synflow")
+    assert _fallbacks(caplog)
+    _assert_same_state(model, before)
+    assert "call" not in vars(model.get_layer("lookup"))  # its own call again
+    # All terms positive: relative float32 rounding along a row sum of 7, a dot of 15, R of 2.
+    for path, value in copied.items():
+        np.testing.assert_allclose(in_place[path], value, **tolerance(np.float32, 2 * 24 + 2))
+
+
 def test_synflow_refuses_integer_inputs_read_without_ones_response():
     with pytest.raises(ModelError, match="'lookup'.*ones_response") as error:
         tfprune.score(_id_model(lookup=_LookupWithoutOnes), "synflow")
@@ -638,7 +657,24 @@ def test_synflow_input_shape():
         tfprune.score(free, "magnitude", input_shape=(6, 2))
 
 
-def test_synflow_on_efficientnet_b0():
+def test_copied_allocations_take_the_loss_and_the_input_shape():
+    x, y = _regression_data(8)
+    model = _regressor(dtype="float32")
+    masks = tfprune.prune(model, "random", 0.5, data=(x, y), allocation="ratio_of:snip", loss="mse")
+    snip = tfprune.prune(_regressor(dtype="float32"), "snip", 0.5, data=(x, y), loss="mse")
+    assert [int(m.sum()) for m in masks.values()] == [int(m.sum()) for m in snip.values()]
+    subclassed = _SubclassedCnn()
+    for layer, shape in ((subclassed.conv, (None, 5, 5, 2)), (subclassed.bn, (None, 3, 3, 3))):
+        layer.build(shape)
+    subclassed.out.build((None, 27))
+    masks = tfprune.prune(
+        subclassed, "magnitude", 0.2, allocation="ratio_of:synflow", input_shape=(5, 5, 2)
+    )
+    assert _kept(masks) == round(0.2 * 135)
+
+
+def test_synflow_on_efficientnet_b0(caplog):
+    caplog.set_level(logging.WARNING)
     started = time.time()
     base = keras.applications.EfficientNetB0(
         weights=None, input_shape=(32, 32, 3), classifier_activation=None
@@ -648,6 +684,7 @@ def test_synflow_on_efficientnet_b0():
         model = tfprune.masked(base)
     masks = tfprune.prune(model, "synflow", 0.1, rounds=2)
     assert _kept(masks) == round(0.1 * _total(model))
+    assert not _fallbacks(caplog)  # the float64 copy: its seed generators are numbered anew
     assert time.time() - started < 60
 
 
@@ -714,6 +751,13 @@ def test_synflow_on_efficientnet_b0():
             "'other'",
         ),
         (lambda m, d: tfprune.score(m, "snip", data=d), DataError, "not one-hot rows"),
+        (
+            lambda m, d: tfprune.score(
+                m, "snip", data=(d[0], np.full(8, 5)), loss="sparse_categorical_crossentropy"
+            ),
+            DataError,
+            "label value of 5 which is outside the valid range of [0, 2)",
+        ),
     ],
 )
 def test_bad_loss_and_targets_raise_one_line_errors(call, error, fragment):

@@ -33,11 +33,10 @@ class GraspScorer(Scorer):
     refuse a temperature other than 1 (and `from_logits=False`) with such a loss; a
     classifier scored with its own loss can divide its logits inside that loss.
 
-    g = ∇_w L over the prunable kernels
-    (treated as a constant) and H the Hessian of L with respect to those kernels; H g is the
-    gradient of ⟨stop_gradient(g), ∇_w L⟩ (nested `tf.GradientTape`). The model runs statelessly
-    in training mode, so BatchNorm normalises with batch statistics and its moving averages
-    are not touched.
+    g = ∇_w L over the prunable kernels (treated as a constant) and H the Hessian of L with
+    respect to those kernels; H g is the gradient of ⟨stop_gradient(g), ∇_w L⟩ (nested
+    `tf.GradientTape`). The model runs statelessly in training mode, so BatchNorm normalises
+    with batch statistics and its moving averages are not touched.
 
     The GraSP paper scores S = -w ⊙ (H g) and removes the weights with the highest S; the
     keep-score here is -S, so keeping the top keep-scores is the published method.
@@ -56,6 +55,7 @@ class GraspScorer(Scorer):
     Example:
 
     >>> scores = tfprune.score(model, "grasp", data=(x, y))
+    >>> scores = tfprune.score(regressor, "grasp", data=(x, y), loss="mse")
     """
 
     #: Options that configure the default cross-entropy only, with the value at which each

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfprune import registry
 from tfprune._keras_compat import is_functional
-from tfprune.errors import ConfigError, TfpruneError
+from tfprune.errors import ConfigError, DataError, TfpruneError
 from tfprune.layers import PrunableWeight
 from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.registry import Scorer, register_scorer  # noqa: F401  re-exported
@@ -120,14 +120,28 @@ def stateless_outputs(model: keras.Model, trainable_values, non_trainable_values
 
 @contextlib.contextmanager
 def unwrapped_errors() -> Iterator[None]:
-    """Lets a tfprune error raised while a `tf.function` traces escape as itself.
+    """Turns the errors of a traced scoring function into one-line tfprune errors.
 
     AutoGraph re-raises an exception from traced code as an exception of its own, with a
-    message of several lines, keeping the original as its context; this re-raises the
-    original (a `tfprune.errors.TfpruneError`, one line). Other exceptions pass unchanged.
+    message of several lines, keeping the original as its context: the original tfprune
+    error is re-raised instead. An operation that rejects the data when it runs (a label out
+    of range for a sparse cross-entropy, say) raises `DataError` with TensorFlow's reason.
+    Other exceptions pass unchanged.
+
+    Raises:
+        DataError: for an operation that rejected the data.
     """
     try:
         yield
+    except tf.errors.InvalidArgumentError as error:
+        lines = [
+            line.strip()
+            for line in str(error.message).splitlines()
+            if line.strip()
+            and not line.startswith((" ", "\t", "Graph execution error", "Detected at node"))
+        ]
+        reason = lines[-1] if lines else type(error).__name__
+        raise DataError(f"the pruning data cannot be scored: {reason}") from error
     except Exception as error:
         cause = error.__cause__ or error.__context__
         while cause is not None and not isinstance(cause, TfpruneError):
