@@ -401,7 +401,10 @@ def test_synflow_never_revives_pruned_weights():
     assert _kept(masks) == round(0.3 * _total(model))
 
 
-def test_synflow_rejects_models_it_cannot_copy():
+def test_synflow_needs_the_input_shape_of_a_subclassed_model():
+    """A subclassed model cannot be copied in float64; SynFlow then scores it in place
+    (tests/test_pruning_any_model.py), which needs the shape of its all-ones input."""
+
     class Subclassed(keras.Model):
         def __init__(self):
             super().__init__()
@@ -411,9 +414,10 @@ def test_synflow_rejects_models_it_cannot_copy():
             return self.dense(inputs)
 
     model = Subclassed()
-    model(np.ones((1, 3), dtype=np.float32))
-    with pytest.raises(ModelError, match="functional or Sequential"):
+    model.dense.build((None, 3))  # built layers, but the model was never called
+    with pytest.raises(ModelError, match="input_shape"):
         tfprune.score(model, "synflow")
+    assert tfprune.score(model, "synflow", input_shape=(3,))["dense/kernel"].shape == (3, 2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,17 @@ from tfprune import registry
 class SnipScorer(registry.Scorer):
     """`snip` (Lee et al., 2019): keep-score |w ⊙ ∂L/∂w|, BatchNorm on batch statistics.
 
+    L is the batch-mean loss of the pruning data (`batches.loss`): the `loss` given to
+    `score`/`prune`, else the model's compiled loss, else the cross-entropy of its outputs.
+
     Args:
-        from_logits: Whether the model outputs logits (tfprune's networks do).
+        from_logits: Whether the model outputs logits (tfprune's networks do), for the
+            default cross-entropy; a given or compiled loss reads the outputs itself.
     """
+
+    #: Options that configure the default cross-entropy only, with the value at which each
+    #: changes nothing (the one a given or compiled loss accepts).
+    default_loss_options = {"from_logits": True}
 
     def __init__(self, from_logits: bool = True):
         self.from_logits = from_logits
@@ -18,7 +26,8 @@ class SnipScorer(registry.Scorer):
     def __call__(self, model, weights, batches, rng):
         from tfprune.pruning.scorers import kernel_gradients
 
-        total = sum(len(y) for _, y in batches)
+        sizes = getattr(batches, "sizes", None) or [len(y) for _, y in batches]
+        total = sum(sizes)
         scores = {path: np.zeros(tuple(w.kernel.shape)) for path, w in weights.items()}
         for size, grads in kernel_gradients(model, weights, batches, self.from_logits):
             for path, w in weights.items():

@@ -8,9 +8,7 @@ import importlib
 
 # Public name -> the module of this package that defines it.
 _ORIGINS = {
-    **dict.fromkeys(
-        ("ABLATIONS", "check_ablations", "reinitialize", "shuffle_masks"), "ablations"
-    ),
+    **dict.fromkeys(("ABLATIONS", "check_ablations", "reinitialize", "shuffle_masks"), "ablations"),
     **dict.fromkeys(
         (
             "PruneReport",

@@ -14,6 +14,7 @@ from tfprune import registry, streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import prunable_weights
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
+from tfprune.pruning._losses import resolve_loss
 from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_masks
 from tfprune.pruning.layerwise import erk_counts
 from tfprune.pruning.masks import (
@@ -80,29 +81,57 @@ def score(
     *,
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    loss=None,
+    input_shape=None,
     **options,
 ) -> dict[str, np.ndarray]:
     """Computes a method's keep-scores for every prunable kernel of `model`.
+
+    Any Keras 3 model built from masked layers can be scored: functional, Sequential or
+    subclassed, with one or several inputs and outputs.
 
     Args:
         model: A built model with masked layers (see `tfprune.masked`).
         method: A registered scorer name (`tfprune.scorer_names()`).
         data: For data-driven methods, a `tf.data.Dataset` of `(x, y)` batches or an `(x, y)`
-            tuple of arrays (split into batches of `batch_size`).
+            tuple of arrays (split into batches of `batch_size`). `x` (and `y`) may be a
+            tuple or dict of arrays for a model with several inputs (outputs); integer inputs
+            (token ids) stay integers.
         seed: Seed of seeded methods (`random`).
         batch_size: Batch size used to split tuple data.
+        loss: The loss L of data-driven methods, as `model.compile(loss=...)` takes it: a
+            Keras loss name (`"mse"`), a `keras.losses.Loss`, a callable
+            `(y_true, y_pred) -> loss` (per example or reduced), or a list or dict with one per
+            output. L is its batch mean. By default the model's compiled loss, or for a model
+            that is not compiled the sparse categorical cross-entropy of its logits (labels
+            then must be class indices). Options of the default cross-entropy (`temperature`,
+            `from_logits`) are refused with another loss.
+        input_shape: The shape of one example, without the batch axis (a tuple per input for
+            several inputs), for methods that feed the network a synthetic input (`synflow`);
+            by default the model's declared or built input shape.
         **options: Options of the method (for example `temperature` for `grasp`).
 
     Returns:
         `{kernel path: float64 array of the kernel's shape}`; higher means more worth keeping.
 
+    Raises:
+        ConfigError: for an unknown method or option, a loss that cannot be used, or a
+            `loss`/`input_shape` the method does not use.
+        DataError: for missing or malformed data.
+        ModelError: for a model without prunable layers, or one the method cannot score.
+
     Example:
 
     >>> scores = tfprune.score(model, "magnitude")
+    >>> scores = tfprune.score(regressor, "snip", data=(x, y), loss="mse")
     """
     scorer = get_scorer(method, **options)
+    entry = registry.get(method)
+    _check_loss_use(loss, entry.needs_data, method)
+    _check_input_shape_use(input_shape, [method], method)
+    _give_input_shape(scorer, input_shape)
     weights = _weights(model)
-    batches = _batches_for(registry.get(method), model, data, batch_size)
+    batches = _batches_for(entry, model, data, batch_size, loss, options)
     scores = scorer(model, weights, batches, streams.generator(_check_seed(seed), "scores"))
     return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
 
@@ -146,6 +175,8 @@ def prune(
     ablations=(),
     min_layer_density: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    loss=None,
+    input_shape=None,
     **options,
 ) -> dict[str, np.ndarray]:
     """Scores `model` with `method`, keeps the top `density` of its weights and assigns the masks.
@@ -179,6 +210,9 @@ def prune(
             `round(density * N)`; per-layer rules (`scope="layer"`, `uniform`, `erk`,
             `ratio_of:*`) raise a layer below the floor up to it, adding to the total.
         batch_size: Batch size used to split tuple data.
+        loss: The loss of data-driven methods (see `score`): by default the model's
+            compiled loss, else the cross-entropy of its logits.
+        input_shape: The example shape for methods that feed a synthetic input (see `score`).
         **options: Options of the method.
 
     Returns:
@@ -200,6 +234,8 @@ def prune(
         ablations=ablations,
         min_layer_density=min_layer_density,
         batch_size=batch_size,
+        loss=loss,
+        input_shape=input_shape,
         **options,
     ).masks
 
@@ -217,6 +253,8 @@ def prune_with_report(
     ablations=(),
     min_layer_density: float = 0.0,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    loss=None,
+    input_shape=None,
     **options,
 ) -> PruneReport:
     """`prune`, returning a `PruneReport` with per-layer densities and score statistics."""
@@ -226,12 +264,15 @@ def prune_with_report(
     check_scope(scope)
     method, allocation = _resolve(method, scope, allocation)
     registry.check_options(method, options, shown=method)
+    _check_loss_use(loss, registry.needs_data(method, allocation), method)
+    _check_input_shape_use(input_shape, _scored_methods(method, allocation), method)
     ablations = check_ablations(ablations)
     seed = _check_seed(seed)
     weights = _weights(model)
     invert = "invert" in ablations
+    settings = _Settings(batch_size, loss, input_shape)
     counts = _allocated_counts(
-        model, allocation, density, data, weights, seed, invert, min_layer_density, batch_size
+        model, allocation, density, data, weights, seed, invert, min_layer_density, settings
     )
     masks, stats, rounds = _prune_scored(
         model,
@@ -245,7 +286,7 @@ def prune_with_report(
         rounds=rounds,
         invert=invert,
         min_layer_density=min_layer_density,
-        batch_size=batch_size,
+        settings=settings,
         options=options,
     )
     if "shuffle" in ablations:
@@ -277,7 +318,7 @@ def _resolve(method: str, scope: str, allocation: str | None) -> tuple[str, str]
 
 
 def _allocated_counts(
-    model, allocation, density, data, weights, seed, invert, min_layer_density, batch_size
+    model, allocation, density, data, weights, seed, invert, min_layer_density, settings
 ) -> dict[str, int] | None:
     """The layer counts at `density` of an allocation that fixes them in advance (`erk`,
     `ratio_of:<m>`), raised to the `min_layer_density` floors; None for `global` and `layer`,
@@ -302,7 +343,7 @@ def _allocated_counts(
             rounds=None,
             invert=invert,
             min_layer_density=min_layer_density,
-            batch_size=batch_size,
+            settings=settings,
             options={},
         )
         counts = {path: int(np.count_nonzero(mask)) for path, mask in inner.items()}
@@ -324,7 +365,7 @@ def _prune_scored(
     rounds,
     invert,
     min_layer_density,
-    batch_size,
+    settings,
     options,
 ):
     """Rounds of scoring and selection. Round i of R keeps `density ** (i / R)`: globally,
@@ -332,8 +373,9 @@ def _prune_scored(
     each layer (exactly `counts` in the last round)."""
     entry = registry.get(method)
     scorer = get_scorer(method, **options)
+    _give_input_shape(scorer, settings.input_shape)
     rounds = _check_rounds(entry.default_rounds if rounds is None else rounds)
-    batches = _batches_for(entry, model, data, batch_size)
+    batches = _batches_for(entry, model, data, settings.batch_size, settings.loss, options)
     rng = streams.generator(seed, "scores")
     original = masks = get_masks(model)
     scores = {}
@@ -387,35 +429,94 @@ def _weights(model):
     return weights
 
 
-def _batches_for(entry, model, data, batch_size):
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """What every scoring of one `prune` call shares, the copied method's included."""
+
+    batch_size: int
+    loss: object
+    input_shape: object
+
+
+def _batches_for(entry, model, data, batch_size, loss, options):
     if not entry.needs_data:
         return None
     if data is None:
         raise DataError(
             f"method {entry.name!r} needs data: pass data=(x, y) or a tf.data.Dataset of batches"
         )
-    return as_batches(data, _num_outputs(model), batch_size, _input_shape(model))
+    objective = resolve_loss(model, loss)
+    if not objective.is_default:
+        neutral = getattr(entry.scorer_class(), "default_loss_options", {})
+        for name, value in options.items():
+            if name in neutral and value != neutral[name]:
+                raise ConfigError(
+                    f"{entry.name} option {name}={value!r} applies to the default "
+                    f"cross-entropy only; with {objective.description} leave it out (or "
+                    f"{neutral[name]!r}) and build what it does into the loss"
+                )
+    return as_batches(data, model, objective, batch_size)
 
 
-def _input_shape(model) -> tuple | None:
-    """The model's input shape without the batch axis; None when it has several inputs."""
-    try:
-        shape = model.input_shape
-    except (AttributeError, ValueError):
-        return None
-    if not isinstance(shape, tuple) or not all(d is None or isinstance(d, int) for d in shape):
-        return None
-    return shape[1:]
+def _check_loss_use(loss, uses_data: bool, method: str) -> None:
+    if loss is not None and not uses_data:
+        raise ConfigError(
+            f"method {method!r} is scored without data, so it takes no loss; leave loss out"
+        )
 
 
-def _num_outputs(model) -> int:
-    try:
-        return int(model.output_shape[-1])
-    except (AttributeError, TypeError, ValueError) as error:
-        raise ModelError(
-            "cannot tell the model's number of classes: use a functional or Sequential model "
-            "with one output"
-        ) from error
+def _scored_methods(method: str, allocation: str) -> list[str]:
+    """The methods a `prune` call scores with: `method`, and the one `ratio_of:` copies."""
+    if allocation.startswith(registry.RATIO_OF):
+        return [method, allocation[len(registry.RATIO_OF) :]]
+    return [method]
+
+
+def _check_input_shape_use(input_shape, methods: list[str], shown: str) -> None:
+    """Checks that one of `methods` feeds a synthetic input (its scorer reads `input_shape`),
+    and the shape itself."""
+    if input_shape is None:
+        return
+    if not any(hasattr(registry.get(m).scorer_class(), "input_shape") for m in methods):
+        raise ConfigError(
+            f"method {shown!r} feeds the network no synthetic input, so it takes no "
+            "input_shape; leave it out"
+        )
+    _check_input_shape(input_shape)
+
+
+def _give_input_shape(scorer, input_shape) -> None:
+    """Gives `input_shape` to a scorer that reads one (a class attribute `input_shape`, the
+    example shape of its synthetic input; None for the model's own)."""
+    if input_shape is not None and hasattr(type(scorer), "input_shape"):
+        scorer.input_shape = _check_input_shape(input_shape)
+
+
+def _check_input_shape(input_shape) -> tuple:
+    """`input_shape` as a tuple of positive ints, or a tuple of such tuples (several inputs).
+
+    Raises:
+        ConfigError: for anything else.
+    """
+
+    def dims(shape):
+        if not isinstance(shape, (tuple, list)) or not shape:
+            return None
+        if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1 for d in shape):
+            return None
+        return tuple(int(d) for d in shape)
+
+    if isinstance(input_shape, (tuple, list)) and input_shape:
+        if all(isinstance(shape, (tuple, list)) for shape in input_shape):
+            shapes = tuple(dims(shape) for shape in input_shape)
+            if None not in shapes:
+                return shapes
+        elif dims(input_shape) is not None:
+            return dims(input_shape)
+    raise ConfigError(
+        f"input_shape must be the shape of one example without the batch axis, such as "
+        f"(32, 32, 3) (or one such tuple per input), got {input_shape!r}"
+    )
 
 
 def _check_rounds(rounds) -> int:

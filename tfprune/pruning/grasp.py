@@ -11,18 +11,32 @@ import tensorflow as tf
 
 from tfprune._keras_compat import exact_batch_moments
 from tfprune.errors import ConfigError
-from tfprune.pruning.scorers import cached_function, kernel_positions, variable_values
+from tfprune.pruning._losses import DEFAULT_LOSS
+from tfprune.pruning.scorers import (
+    cached_function,
+    kernel_positions,
+    stateless_outputs,
+    unwrapped_errors,
+    variable_values,
+)
 from tfprune.registry import Scorer
 
 
 class GraspScorer(Scorer):
     """`grasp`: keep-score w ⊙ (H g), logits divided by a temperature, BN on batch statistics.
 
-    L is the mean cross-entropy of `logits / temperature`, g = ∇_w L over the prunable kernels
-    (treated as a constant) and H the Hessian of L with respect to those kernels; H g is the
-    gradient of ⟨stop_gradient(g), ∇_w L⟩ (nested `tf.GradientTape`). The model runs statelessly
-    in training mode, so BatchNorm normalises with batch statistics and its moving averages
-    are not touched.
+    L is the batch-mean loss of the pruning data (`batches.loss`). By default (no `loss`
+    given, the model not compiled) it is the mean cross-entropy of `logits / temperature`.
+    A given or compiled loss receives the outputs unchanged: the temperature softens the
+    default cross-entropy's softmax and has no meaning for a loss in general (dividing a
+    regression's outputs by T would change what the loss measures), so `score`/`prune`
+    refuse a temperature other than 1 (and `from_logits=False`) with such a loss; a
+    classifier scored with its own loss can divide its logits inside that loss.
+
+    g = ∇_w L over the prunable kernels (treated as a constant) and H the Hessian of L with
+    respect to those kernels; H g is the gradient of ⟨stop_gradient(g), ∇_w L⟩ (nested
+    `tf.GradientTape`). The model runs statelessly in training mode, so BatchNorm normalises
+    with batch statistics and its moving averages are not touched.
 
     The GraSP paper scores S = -w ⊙ (H g) and removes the weights with the highest S; the
     keep-score here is -S, so keeping the top keep-scores is the published method.
@@ -32,14 +46,21 @@ class GraspScorer(Scorer):
     mean of the per-batch products H_b g, and the keep-score is w ⊙ H g.
 
     Args:
-        temperature: T, which divides the logits (200 in the paper).
-        from_logits: Whether the model outputs logits (tfprune's networks do). If it outputs
-            probabilities, their logarithms serve as the logits.
+        temperature: T, which divides the logits of the default cross-entropy (200 in the
+            paper).
+        from_logits: Whether the model outputs logits (tfprune's networks do), for the
+            default cross-entropy. If it outputs probabilities, their logarithms serve as the
+            logits.
 
     Example:
 
     >>> scores = tfprune.score(model, "grasp", data=(x, y))
+    >>> scores = tfprune.score(regressor, "grasp", data=(x, y), loss="mse")
     """
+
+    #: Options that configure the default cross-entropy only, with the value at which each
+    #: changes nothing (the one a given or compiled loss accepts).
+    default_loss_options = {"temperature": 1.0, "from_logits": True}
 
     def __init__(self, temperature: float = 200.0, from_logits: bool = True):
         if (
@@ -53,40 +74,45 @@ class GraspScorer(Scorer):
         self.from_logits = bool(from_logits)
 
     def __call__(self, model, weights, batches, rng):
-        gradient, hessian_gradient = self._functions(model, weights)
+        loss = getattr(batches, "loss", DEFAULT_LOSS)
+        sizes = getattr(batches, "sizes", None) or [len(y) for _, y in batches]
+        gradient, hessian_gradient = self._functions(model, weights, loss)
         trainable = variable_values(model.trainable_variables)
         non_trainable = variable_values(model.non_trainable_variables)
-        total = sum(len(y) for _, y in batches)
-        with exact_batch_moments(model):
+        total = sum(sizes)
+        with exact_batch_moments(model), unwrapped_errors():
             g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
-            for x, y in batches:
+            for size, (x, y) in zip(sizes, batches, strict=True):
                 for acc, grad in zip(g, gradient(trainable, non_trainable, x, y), strict=True):
-                    acc += (len(y) / total) * grad.numpy()
+                    acc += (size / total) * grad.numpy()
             g = [
                 tf.constant(acc, dtype=w.kernel.dtype)
                 for acc, w in zip(g, weights.values(), strict=True)
             ]
             hg = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
-            for x, y in batches:
+            for size, (x, y) in zip(sizes, batches, strict=True):
                 products = hessian_gradient(trainable, non_trainable, x, y, g)
                 for acc, product in zip(hg, products, strict=True):
-                    acc += (len(y) / total) * product.numpy()
+                    acc += (size / total) * product.numpy()
         return {
             path: np.float64(w.kernel.numpy()) * product
             for (path, w), product in zip(weights.items(), hg, strict=True)
         }
 
-    def _functions(self, model, weights):
-        """Returns the traced `(gradient, hessian_gradient)` of `model`, cached per model."""
-        key = ("grasp", tuple(weights), self.temperature, self.from_logits)
-        return cached_function(model, key, lambda: self._trace(model, weights))
+    def _functions(self, model, weights, loss):
+        """Returns the traced `(gradient, hessian_gradient)` of `model`, cached per model and
+        loss."""
+        key = ("grasp", tuple(weights), self.temperature, self.from_logits, loss.key)
+        return cached_function(model, key, lambda: self._trace(model, weights, loss))
 
-    def _trace(self, model, weights):
+    def _trace(self, model, weights, pruning_loss):
         kernel_index = kernel_positions(model, weights)
         zero = tf.UnconnectedGradients.ZERO
 
         def loss(trainable, non_trainable, x, y):
-            outputs, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            outputs = stateless_outputs(model, trainable, non_trainable, x, True)
+            if not pruning_loss.is_default:
+                return pruning_loss(y, outputs)
             if outputs.dtype != tf.float64:
                 # At least float32 for the loss; a float64 model keeps its precision.
                 outputs = tf.cast(outputs, tf.float32)

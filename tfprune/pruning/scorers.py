@@ -9,15 +9,19 @@ Selection, rounds and masks are shared and live elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfprune import registry
-from tfprune.errors import ConfigError
+from tfprune._keras_compat import is_functional
+from tfprune.errors import ConfigError, DataError, TfpruneError
 from tfprune.layers import PrunableWeight
+from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.registry import Scorer, register_scorer  # noqa: F401  re-exported
 
 
@@ -44,27 +48,34 @@ def get_scorer(name: str, **options) -> Scorer:
 def kernel_gradients(
     model: keras.Model,
     weights: dict[str, PrunableWeight],
-    batches: list[tuple[np.ndarray, np.ndarray]],
+    batches,
     from_logits: bool = True,
     training: bool = True,
 ):
-    """Yields `(batch size, {path: ∂L/∂w})` for each batch, L the batch's mean cross-entropy.
+    """Yields `(batch size, {path: ∂L/∂w})` for each batch, L the batch's mean loss.
+
+    L is `batches.loss` (see `tfprune.pruning._losses`): a given or compiled loss, or by
+    default the mean sparse categorical cross-entropy of the outputs (`from_logits` says
+    whether they are logits). A plain list of `(x, y)` batches uses the default.
 
     The model runs statelessly, so BatchNorm in training mode uses batch statistics without
     touching the moving averages. Gradients are float64 numpy arrays. The traced gradient
-    function is cached per model, so scoring the same model again costs no retracing.
+    function is cached per model and loss, so scoring the same model again costs no retracing.
     """
+    loss = getattr(batches, "loss", DEFAULT_LOSS)
+    sizes = getattr(batches, "sizes", None) or [len(y) for _, y in batches]
     function = cached_function(
         model,
-        ("kernel_gradients", tuple(weights), from_logits, training),
-        lambda: _make_kernel_gradients(model, weights, from_logits, training),
+        ("kernel_gradients", tuple(weights), from_logits, training, loss.key),
+        lambda: _make_kernel_gradients(model, weights, from_logits, training, loss),
     )
     trainable_values = variable_values(model.trainable_variables)
     non_trainable_values = variable_values(model.non_trainable_variables)
-    for x, y in batches:
-        grads = function(trainable_values, non_trainable_values, x, y)
+    for size, (x, y) in zip(sizes, batches, strict=True):
+        with unwrapped_errors():
+            grads = function(trainable_values, non_trainable_values, x, y)
         yield (
-            len(y),
+            size,
             {path: g.numpy().astype(np.float64) for path, g in zip(weights, grads, strict=True)},
         )
 
@@ -76,6 +87,68 @@ def variable_values(variables) -> list[tf.Tensor]:
     watch outside a replica; its value (the replicas hold the same one) can be.
     """
     return [tf.convert_to_tensor(v.value) for v in variables]
+
+
+def stateless_outputs(model: keras.Model, trainable_values, non_trainable_values, x, training):
+    """The outputs of `model` on `x` with its variables read from the given values.
+
+    Nothing of the model is written: BatchNorm in training mode, say, records its new moving
+    averages in the stateless scope only. A functional or Sequential model runs through
+    `stateless_call`; any other model through `model(x, training=...)` inside a
+    `keras.StatelessScope`, so that, as in any Keras call, `training` reaches the layers its
+    `call` does not pass it to (and a `call` without a `training` argument still runs).
+
+    Args:
+        model: A built Keras model.
+        trainable_values, non_trainable_values: Tensors in the order of
+            `model.trainable_variables` and `model.non_trainable_variables`.
+        x: The inputs.
+        training: The Keras training flag.
+    """
+    if isinstance(model, keras.Sequential) or is_functional(model):
+        outputs, _ = model.stateless_call(
+            trainable_values, non_trainable_values, x, training=training
+        )
+        return outputs
+    mapping = [
+        *zip(model.trainable_variables, trainable_values, strict=True),
+        *zip(model.non_trainable_variables, non_trainable_values, strict=True),
+    ]
+    with keras.StatelessScope(state_mapping=mapping):
+        return model(x, training=training)
+
+
+@contextlib.contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Turns the errors of a traced scoring function into one-line tfprune errors.
+
+    AutoGraph re-raises an exception from traced code as an exception of its own, with a
+    message of several lines, keeping the original as its context: the original tfprune
+    error is re-raised instead. An operation that rejects the data when it runs (a label out
+    of range for a sparse cross-entropy, say) raises `DataError` with TensorFlow's reason.
+    Other exceptions pass unchanged.
+
+    Raises:
+        DataError: for an operation that rejected the data.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        lines = [
+            line.strip()
+            for line in str(error.message).splitlines()
+            if line.strip()
+            and not line.startswith((" ", "\t", "Graph execution error", "Detected at node"))
+        ]
+        reason = lines[-1] if lines else type(error).__name__
+        raise DataError(f"the pruning data cannot be scored: {reason}") from error
+    except Exception as error:
+        cause = error.__cause__ or error.__context__
+        while cause is not None and not isinstance(cause, TfpruneError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or isinstance(error, TfpruneError):
+            raise
+        raise cause from None
 
 
 def kernel_positions(model: keras.Model, weights: dict[str, PrunableWeight]) -> list[int]:
@@ -100,23 +173,24 @@ def cached_function(model: keras.Model, key: tuple, make):
     return functions[key]
 
 
-def _make_kernel_gradients(model, weights, from_logits, training):
+def _make_kernel_gradients(model, weights, from_logits, training, loss):
     kernel_index = kernel_positions(model, weights)
 
     @tf.function(reduce_retracing=True)
     def gradients(trainable_values, non_trainable_values, x, y):
         with tf.GradientTape() as tape:
             tape.watch(trainable_values)
-            logits, _ = model.stateless_call(
-                trainable_values, non_trainable_values, x, training=training
-            )
-            loss = tf.reduce_mean(
-                keras.losses.sparse_categorical_crossentropy(
-                    y, tf.cast(logits, tf.float32), from_logits=from_logits
+            outputs = stateless_outputs(model, trainable_values, non_trainable_values, x, training)
+            if loss.is_default:
+                value = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(
+                        y, tf.cast(outputs, tf.float32), from_logits=from_logits
+                    )
                 )
-            )
+            else:
+                value = loss(y, outputs)
         return tape.gradient(
-            loss,
+            value,
             [trainable_values[i] for i in kernel_index],
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )

@@ -1,15 +1,48 @@
-"""`synflow` (Tanaka, Kunin, Yamins and Ganguli, 2020): keep-score |w ⊙ ∂R/∂w|, SPEC §2."""
+"""`synflow` (Tanaka, Kunin, Yamins and Ganguli, 2020): keep-score |w ⊙ ∂R/∂w|, SPEC §2.
+
+R is the sum of the outputs of the network with every parameter replaced by its absolute
+value, on one all-ones input, in inference mode. It is computed on one of two networks:
+
+- a float64 copy of the model (SPEC §2), for functional and Sequential models whose layers
+  rebuild from their configuration (`get_config`/`from_config`);
+- the model itself, in its own dtype, when no such copy can be built (a subclassed model, or a
+  layer that does not rebuild). The absolute values are fed to the model as the values of its
+  variables (a `keras.StatelessScope`), so its variables are never written: they keep their values
+  bit for bit, also when the computation fails. Float32 has a far smaller range than float64,
+  so a deep network's R can overflow; that raises `ModelError` rather than scoring with
+  infinities.
+
+Integer inputs (token ids) and the `ones_response` protocol: for a model that reads integer
+ids, the all-ones input means an all-ones one-hot vector into each layer that reads the ids,
+that is, the sum of every row of its (absolute, masked) table. A layer makes itself usable
+here by defining a method
+
+    ones_response(inputs) -> outputs
+
+which, given the integer input tensor it would be called on (its values do not matter, only
+its shape), returns what the layer outputs for an all-ones one-hot input at every position,
+computed from its current weights (through `self.masked(...)`, so that R is differentiated
+through them and pruned entries count as zero). For an embedding with table E (V x D) and mask
+M it is `ones(shape(inputs) + (1,)) * sum_v (E ⊙ M)[v]`. SynFlow calls it in place of the
+layer's `call`. Every layer that reads an integer input directly must define it, or SynFlow
+raises `ModelError`; which layers read an input is known only for functional and Sequential
+models, so a subclassed model with integer inputs is refused too.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfprune._keras_compat import all_layers, is_functional
-from tfprune.errors import ModelError
+from tfprune.errors import ConfigError, ModelError
+from tfprune.layers import MaskedLayer
+from tfprune.pruning.scorers import stateless_outputs, unwrapped_errors
 from tfprune.registry import Scorer
 
 _DTYPE = "float64"
@@ -19,61 +52,91 @@ class SynflowScorer(Scorer):
     """`synflow`: keep-score |w ⊙ ∂R/∂w| of the linearised network, 100 rounds by default.
 
     The network is copied in float64 and every parameter of the copy (kernels, biases,
-    BatchNorm gamma and beta, and any other weight except the masks and the BatchNorm moving
-    statistics, which are copied as they are) is replaced by its absolute value. The copy
-    runs in inference mode on one all-ones input of shape `(1, *input_shape)`; R is the sum of
-    its outputs and w its (absolute) kernels, masked like the model's, so pruned weights score
-    0. The model itself is never changed.
+    BatchNorm gamma and beta, and any other floating weight except the masks and the
+    statistics of BatchNormalization and Normalization layers, which are copied as they are)
+    is replaced by its absolute value. The copy runs in inference mode on one all-ones input
+    of shape `(1, *input_shape)` (one per model input); R is the sum of all its outputs and w
+    its (absolute) kernels, masked like the model's, so pruned weights score 0. The model
+    itself is never changed. A model that cannot be copied (subclassed, or with a layer that
+    does not rebuild from its configuration) is scored on itself, in its own dtype, with the
+    same absolute values passed in statelessly (see the module docstring).
 
-    The copy and its traced gradient are built on the first call and reused by the later
+    The network and its traced gradient are built on the first call and reused by the later
     rounds of the same `prune` call, which only refresh the masks.
+
+    Attributes:
+        input_shape: The shape of one example without the batch axis (a tuple per input for
+            several inputs), set by `score`/`prune` from their `input_shape`; None takes the
+            model's declared input shape, or for a subclassed model the shape it was built
+            or called with.
 
     Example:
 
     >>> masks = tfprune.prune(model, "synflow", 0.01)  # 100 rounds
+    >>> masks = tfprune.prune(subclassed, "synflow", 0.01, input_shape=(32, 32, 3))
     """
+
+    input_shape = None
 
     def __init__(self):
         self._flow = None
 
     def __call__(self, model, weights, batches, rng):
         if self._flow is None or self._flow.model is not model:
-            self._flow = _LinearisedCopy(model, weights)
+            self._flow = _make_flow(model, weights, self.input_shape)
         return self._flow.scores(weights)
 
 
-class _LinearisedCopy:
-    """A float64, absolute-valued copy of a model and the traced gradient of its output sum."""
-
-    def __init__(self, model: keras.Model, weights):
-        self.model = model
+def _make_flow(model: keras.Model, weights, input_shape) -> _Flow:
+    """The float64 copy's flow, or the model's own when the copy cannot be built."""
+    shapes = _input_shapes(model, input_shape)
+    ones_layers = _ones_response_layers(model)
+    try:
         copy = _float64_copy(model)
-        if len(model.variables) != len(copy.variables) or any(
-            a.path != b.path or tuple(a.shape) != tuple(b.shape)
-            for a, b in zip(model.variables, copy.variables, strict=True)
-        ):
-            raise ModelError(
-                f"synflow cannot copy model {model.name!r}: its float64 copy has other "
-                "variables; give every layer a get_config that rebuilds it"
-            )
+        pairs = _paired_variables(model, copy)
+    except ModelError as error:
+        logging.warning(
+            "synflow computes on model %r itself in %s: %s",
+            model.name,
+            model.compute_dtype,
+            error,
+        )
+        return _Flow(model, model, weights, shapes, ones_layers, None)
+    # The copy is private to the scorer, so its layers answer with their ones response for good.
+    copy_ones_layers = _ones_response_layers(copy)
+    for layer in copy_ones_layers:
+        _answer_ones(layer)
+    return _Flow(model, copy, weights, shapes, [], pairs)
+
+
+class _Flow:
+    """R, the output sum of a network with absolute parameters, and its kernel gradients.
+
+    Args:
+        model: The model scored.
+        network: The network R is computed on: `model` itself, or its float64 copy.
+        weights: The model's prunable weights.
+        shapes: The example shape of each input.
+        ones_layers: Layers of `network` to answer with their ones response while R is
+            computed (restored afterwards).
+        pairs: For a copy, `{id(copy variable): model variable}`; None for the model itself.
+    """
+
+    def __init__(self, model, network, weights, shapes, ones_layers, pairs):
+        self.model = model
+        self._ones_layers = ones_layers
         masks = {id(w.mask): path for path, w in weights.items()}
         kernels = {id(w.kernel): path for path, w in weights.items()}
-        statistics = {
-            id(v)
-            for layer in all_layers(model)
-            if isinstance(layer, keras.layers.BatchNormalization)
-            for v in (layer.moving_mean, layer.moving_variance)
-        }
-        original = {id(b): a for a, b in zip(model.variables, copy.variables, strict=True)}
+        statistics = _statistics(model)
         self._values = {"trainable": [], "non_trainable": []}
         self._mask_slots = {}
         kernel_slots = {}
         for group, variables in (
-            ("trainable", copy.trainable_variables),
-            ("non_trainable", copy.non_trainable_variables),
+            ("trainable", network.trainable_variables),
+            ("non_trainable", network.non_trainable_variables),
         ):
             for index, variable in enumerate(variables):
-                source = original[id(variable)]
+                source = variable if pairs is None else pairs[id(variable)]
                 value = np.asarray(source.numpy())
                 if id(source) in masks:
                     self._mask_slots[masks[id(source)]] = (group, index, variable.dtype)
@@ -88,7 +151,11 @@ class _LinearisedCopy:
                 self._values[group].append(tf.constant(value, dtype=variable.dtype))
         self._kernels = {path: np.abs(np.float64(w.kernel.numpy())) for path, w in weights.items()}
         slots = [kernel_slots[path] for path in weights]
-        ones = tf.ones((1, *_input_shape(model)), dtype=copy.inputs[0].dtype)
+        dtypes = _input_dtypes(network, len(shapes))
+        ones = [
+            tf.ones((1, *shape), dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)
+        ]
+        ones = ones[0] if len(ones) == 1 else ones
 
         @tf.function
         def flow_gradients(trainable, non_trainable):
@@ -96,28 +163,57 @@ class _LinearisedCopy:
             kernels = [values[group][index] for group, index in slots]
             with tf.GradientTape() as tape:
                 tape.watch(kernels)
-                outputs, _ = copy.stateless_call(trainable, non_trainable, ones, training=False)
+                outputs = stateless_outputs(network, trainable, non_trainable, ones, False)
                 flow = tf.add_n(
                     [tf.reduce_sum(tf.cast(o, tf.float64)) for o in tf.nest.flatten(outputs)]
                 )
-            return tape.gradient(flow, kernels, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = tape.gradient(flow, kernels, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return flow, grads
 
         self._flow_gradients = flow_gradients
+        self._dtype = network.compute_dtype
 
     def scores(self, weights) -> dict[str, np.ndarray]:
         """Returns `{path: |w ⊙ ∂R/∂w|}` under the model's current masks."""
         values = {group: list(tensors) for group, tensors in self._values.items()}
         for path, (group, index, dtype) in self._mask_slots.items():
             values[group][index] = tf.constant(weights[path].mask.numpy(), dtype=dtype)
-        grads = self._flow_gradients(values["trainable"], values["non_trainable"])
-        return {
-            path: self._kernels[path] * np.abs(grad.numpy())
+        with _ones_responses(self._ones_layers), unwrapped_errors():
+            flow, grads = self._flow_gradients(values["trainable"], values["non_trainable"])
+        grads = [np.float64(g.numpy()) for g in grads]
+        if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
+            raise ModelError(
+                f"synflow's R, the output sum of the absolute-valued {self.model.name!r}, "
+                f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
+                "(a functional or Sequential model whose layers rebuild from get_config)"
+            )
+        scores = {
+            path: self._kernels[path] * np.abs(grad)
             for path, grad in zip(weights, grads, strict=True)
         }
+        if not any(np.any(score) for score in scores.values()):
+            logging.warning(
+                "synflow scores every weight of %r 0: its output sum does not depend on the "
+                "kernels (a softmax output sums to 1: score the logits)",
+                self.model.name,
+            )
+        return scores
+
+
+def _statistics(model: keras.Model) -> set[int]:
+    """`id`s of the variables that hold statistics of the data, not parameters: BatchNorm's
+    moving mean and variance, and every weight of a Normalization layer."""
+    found = set()
+    for layer in all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.update(id(v) for v in (layer.moving_mean, layer.moving_variance))
+        elif isinstance(layer, keras.layers.Normalization):
+            found.update(id(v) for v in layer.weights)
+    return found
 
 
 def _float64_copy(model: keras.Model) -> keras.Model:
-    """Returns an untrained copy of `model` with every layer rebuilt in float64."""
+    """Returns an untrained copy of `model` with every floating layer rebuilt in float64."""
     if not (isinstance(model, keras.Sequential) or is_functional(model)):
         raise ModelError(
             "synflow copies the network in float64, which needs a functional or Sequential "
@@ -129,30 +225,197 @@ def _float64_copy(model: keras.Model) -> keras.Model:
     try:
         return keras.models.clone_model(model, clone_function=_float64_twin, recursive=True)
     except (TypeError, ValueError, KeyError, NotImplementedError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
         raise ModelError(
-            f"synflow cannot copy model {model.name!r} in float64 ({error}); give every layer "
-            "a get_config/from_config that rebuilds it"
+            f"synflow cannot copy model {model.name!r} in float64 ({reason}); give every "
+            "layer a get_config/from_config that rebuilds it"
         ) from error
     finally:
         random.setstate(state)
 
 
-def _float64_twin(layer: keras.layers.Layer) -> keras.layers.Layer:
-    config = layer.get_config()
-    config["dtype"] = _DTYPE
-    return layer.__class__.from_config(config)
+def _float64_twin(operation):
+    """The float64 twin of a layer; a fresh copy of a plain operation (such as the `Add` of
+    `a + b` in a functional model), which computes in the dtype of its inputs, or of a layer
+    that does not compute in floats."""
+    config = operation.get_config()
+    if isinstance(operation, keras.layers.Layer) and _is_float(operation.compute_dtype):
+        config["dtype"] = _DTYPE
+    return operation.__class__.from_config(config)
 
 
-def _input_shape(model: keras.Model) -> tuple[int, ...]:
-    """The shape of one example, e.g. `(H, W, C)`, from the model's single input."""
-    if len(model.inputs) != 1:
+def _paired_variables(model: keras.Model, copy: keras.Model) -> dict[int, keras.Variable]:
+    """`{id(copy variable): model variable}`, the two models' variables paired in order.
+
+    Raises:
+        ModelError: if the copy's variables differ from the model's in number, name or shape,
+            or in path for floating ones (a seed generator's state is numbered anew).
+    """
+    mismatch = len(model.variables) != len(copy.variables) or any(
+        a.name != b.name
+        or tuple(a.shape) != tuple(b.shape)
+        or (_is_float(a.dtype) and a.path != b.path)
+        for a, b in zip(model.variables, copy.variables, strict=False)
+    )
+    if mismatch:
         raise ModelError(
-            f"synflow needs a model with one input, {model.name!r} has {len(model.inputs)}"
+            f"synflow cannot copy model {model.name!r}: its float64 copy has other "
+            "variables; give every layer a get_config that rebuilds it"
         )
-    shape = tuple(model.inputs[0].shape[1:])
-    if any(dim is None for dim in shape):
+    return {id(b): a for a, b in zip(model.variables, copy.variables, strict=True)}
+
+
+def _input_shapes(model: keras.Model, given) -> list[tuple[int, ...]]:
+    """The example shape of each model input: `given` (checked against what the model
+    declares), the model's declared input shapes, or a subclassed model's built shape.
+
+    Raises:
+        ModelError: if no fixed shape is known.
+        ConfigError: if `given` contradicts the model's inputs.
+    """
+    declared = _declared_inputs(model)
+    if given is not None:
+        given = [given] if isinstance(given[0], int) else list(given)
+        if declared is not None:
+            if len(given) != len(declared):
+                raise ConfigError(
+                    f"input_shape gives {len(given)} shapes for a model with {len(declared)} inputs"
+                )
+            for shape, tensor in zip(given, declared, strict=True):
+                expected = tuple(tensor.shape[1:])
+                if len(shape) != len(expected) or any(
+                    e is not None and e != s for s, e in zip(shape, expected, strict=True)
+                ):
+                    raise ConfigError(
+                        f"input_shape {shape} does not fit the model's input of shape "
+                        f"{tuple(tensor.shape)}"
+                    )
+        return [tuple(shape) for shape in given]
+    if declared is not None:
+        shapes = [tuple(tensor.shape[1:]) for tensor in declared]
+    else:
+        shapes = _built_shapes(model)
+    if shapes is None or any(d is None for shape in shapes for d in shape):
         raise ModelError(
-            f"synflow needs a fixed input shape to build its all-ones input; {model.name!r} "
-            f"takes inputs of shape {tuple(model.inputs[0].shape)}"
+            f"synflow needs a fixed input shape to build its all-ones input; model "
+            f"{model.name!r} takes inputs of shape {shapes if shapes else 'unknown'}: pass "
+            "input_shape=(...), the shape of one example"
         )
-    return shape
+    return shapes
+
+
+def _declared_inputs(model: keras.Model):
+    """A functional or Sequential model's input tensors, or None."""
+    if not (isinstance(model, keras.Sequential) or is_functional(model)):
+        return None
+    try:
+        return list(model.inputs)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _built_shapes(model: keras.Model):
+    """The example shapes a subclassed model was built or first called with (batch axis
+    dropped), from its public build configuration; None if unknown."""
+    config = model.get_build_config() if model.built else None
+    if not config or len(config) != 1:
+        return None
+    (shape,) = config.values()
+    if isinstance(shape, (tuple, list)) and shape and isinstance(shape[0], (tuple, list)):
+        return [tuple(s[1:]) for s in shape]
+    if isinstance(shape, (tuple, list)) and len(shape) > 1:
+        return [tuple(shape[1:])]
+    return None
+
+
+def _input_dtypes(network: keras.Model, count: int) -> list:
+    declared = _declared_inputs(network)
+    if declared is None:
+        return [network.compute_dtype] * count
+    return [tensor.dtype for tensor in declared]
+
+
+def _ones_response_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers that read the model's integer inputs, each checked to define
+    `ones_response`.
+
+    Raises:
+        ModelError: if an integer input is read by a layer without `ones_response`, or the
+            model is subclassed and holds a layer that reads integer ids.
+    """
+    declared = _declared_inputs(model)
+    if declared is None:
+        readers = [
+            layer
+            for layer in all_layers(model, include_self=False)
+            if hasattr(layer, "ones_response")
+            or isinstance(layer, keras.layers.Embedding)
+            or getattr(layer, "stock_class", None) is keras.layers.Embedding
+        ]
+        if readers:
+            raise ModelError(
+                f"synflow cannot tell which layers of subclassed model {model.name!r} read "
+                f"integer ids (it holds {readers[0].name!r}): build it as a functional model "
+                "with an integer keras.Input"
+            )
+        return []
+    found = []
+    for tensor in declared:
+        if _is_float(tensor.dtype):
+            continue
+        for layer in _readers(model, tensor):
+            if not (
+                isinstance(layer, MaskedLayer) and callable(getattr(layer, "ones_response", None))
+            ):
+                raise ModelError(
+                    f"synflow feeds an all-ones input, but the integer input "
+                    f"{tensor.name!r} of {model.name!r} is read by {layer.name!r} "
+                    f"({type(layer).__name__}), which defines no ones_response (the response "
+                    "to an all-ones one-hot input)"
+                )
+            if layer not in found:
+                found.append(layer)
+    return found
+
+
+def _readers(model: keras.Model, tensor) -> list:
+    """The operations of a functional or Sequential model that take `tensor` as an input."""
+    if isinstance(model, keras.Sequential):
+        return list(model.layers[:1])
+    readers = []
+    for operation in model.operations:
+        if isinstance(operation, keras.layers.InputLayer):
+            continue
+        try:
+            inputs = keras.tree.flatten(operation.input)
+        except (AttributeError, ValueError):
+            continue
+        if any(t is tensor for t in inputs):
+            readers.append(operation)
+    return readers
+
+
+def _answer_ones(layer: keras.layers.Layer) -> None:
+    """Makes `layer` answer every call with its `ones_response`."""
+
+    def call(inputs, *args, **kwargs):
+        return layer.ones_response(inputs)
+
+    layer.call = call
+
+
+@contextlib.contextmanager
+def _ones_responses(layers):
+    """Makes `layers` answer with their `ones_response` while the context is open."""
+    try:
+        for layer in layers:
+            _answer_ones(layer)
+        yield
+    finally:
+        for layer in layers:
+            if "call" in vars(layer):
+                del layer.call
+
+
+def _is_float(dtype) -> bool:
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(dtype))
