@@ -65,8 +65,10 @@ def _numpy(variables):
 
 
 def _kernels(model):
-    return {p: keras.ops.convert_to_numpy(w.kernel).copy()
-            for p, w in tfprune.prunable_weights(model).items()}
+    return {
+        p: keras.ops.convert_to_numpy(w.kernel).copy()
+        for p, w in tfprune.prunable_weights(model).items()
+    }
 
 
 def _iteration(model):
@@ -168,7 +170,8 @@ def test_prunes_once_before_its_global_step_and_counts_across_fits(prune_calls, 
     assert prune_calls == [("magnitude", 0.5), ("random", 0.25)]
     assert callback.pruned_at == 5 and later.pruned_at == 14
     assert [_kept(probe.seen[i]["masks"]) for i in (13, 14)] == [
-        round(0.5 * total), round(0.25 * total)
+        round(0.5 * total),
+        round(0.25 * total),
     ]
     final = tfprune.get_masks(model)
     for path in final:
@@ -260,7 +263,8 @@ def test_reset_gives_the_fresh_value_of_each_slot_and_touches_nothing_else():
     )
 
     new = _numpy(optimizer.variables)
-    kernel_slot, bias_slot = "adagrad/net_fc_kernel_accumulator", "adagrad/net_conv_bias_accumulator"
+    kernel_slot = "adagrad/net_fc_kernel_accumulator"
+    bias_slot = "adagrad/net_conv_bias_accumulator"
     assert found == {"net/fc/kernel": [kernel_slot], "net/conv/bias": [bias_slot]}
     assert np.all(old[kernel_slot] > 0.25) and np.all(old[bias_slot] > 0.25)
     np.testing.assert_array_equal(new[kernel_slot], np.where(where, 0.25, old[kernel_slot]))
@@ -352,7 +356,8 @@ def test_a_fit_resumed_from_before_the_step_prunes_when_it_gets_there(tmp_path, 
     assert prune_again.pruned_at == 6 and len(prune_calls) == 1
     masks = tfprune.get_masks(resumed)
     assert [_kept(probe.seen[i]["masks"]) for i in (5, 6)] == [
-        _total(masks), round(0.5 * _total(masks))
+        _total(masks),
+        round(0.5 * _total(masks)),
     ]
 
 
