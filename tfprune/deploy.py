@@ -14,6 +14,7 @@ The command line, `python -m tfprune.export`, exports a finished run's final mod
 from __future__ import annotations
 
 import gzip
+import inspect
 import io
 import json
 import os
@@ -156,6 +157,8 @@ def export(
     0.05
     """
     _check_format(format, path, sparsity)
+    if format != "keras":
+        _serving_inputs(model, input_signature)  # before anything is copied or written
     stripped, pairs = _strip(model, apply_masks=True)
     _write(stripped, path, format, sparsity, input_signature)
     if not report:
@@ -406,9 +409,6 @@ def _write(
     stripped: keras.Model, path: str, format: str, sparsity: bool, input_signature=None
 ) -> None:
     parent = os.path.dirname(os.path.abspath(path))
-    if format != "keras":
-        # Checked before anything is written.
-        _serving_inputs(stripped, input_signature)
     try:
         os.makedirs(parent, exist_ok=True)
         if format == "saved_model":
@@ -448,9 +448,12 @@ def _write_saved_model(stripped: keras.Model, directory: str, input_signature=No
 def _serving_inputs(model: keras.Model, input_signature) -> tuple:
     """The structure of `tf.TensorSpec`s the model's call takes, and its leaves in order, named
     as the signature names them: `inputs` alone, else after the model's inputs."""
+    functional = isinstance(model, keras.Sequential) or is_functional(model)
+    if not functional:
+        _check_one_argument(model)
     if input_signature is not None:
         structure = keras.tree.map_structure(_tensor_spec, input_signature)
-    elif isinstance(model, keras.Sequential) or is_functional(model):
+    elif functional:
         structure = keras.tree.map_structure(
             lambda x: tf.TensorSpec(x.shape, tf.as_dtype(x.dtype), name=x.name), model.input
         )
@@ -474,6 +477,23 @@ def _serving_inputs(model: keras.Model, input_signature) -> tuple:
         for (_, spec), name in zip(leaves, names, strict=True)
     ]
     return structure, specs
+
+
+def _check_one_argument(model: keras.Model) -> None:
+    """A subclassed model's call must take its inputs as one argument, as the signature
+    passes them."""
+    inputs = [
+        parameter.name
+        for parameter in inspect.signature(model.call).parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        and parameter.default is parameter.empty
+    ]
+    if len(inputs) != 1:
+        raise ModelError(
+            f"the call of {model.name!r} takes {len(inputs)} arguments ({', '.join(inputs)}); "
+            "SavedModel and TFLite exports serve a call of one argument (a tensor, or a list "
+            "or dict of tensors)"
+        )
 
 
 def _tensor_spec(spec) -> tf.TensorSpec:
