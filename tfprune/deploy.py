@@ -448,14 +448,18 @@ def _write_saved_model(stripped: keras.Model, directory: str, input_signature=No
 def _serving_inputs(model: keras.Model, input_signature) -> tuple:
     """The structure of `tf.TensorSpec`s the model's call takes, and its leaves in order, named
     as the signature names them: `inputs` alone, else after the model's inputs."""
-    functional = isinstance(model, keras.Sequential) or is_functional(model)
-    if not functional:
+    if not model.built:
+        raise ModelError("the model is not built: give it an Input or call it once first")
+    sequential = isinstance(model, keras.Sequential)
+    if not (sequential or is_functional(model)):
         _check_one_argument(model)
     if input_signature is not None:
         structure = keras.tree.map_structure(_tensor_spec, input_signature)
-    elif functional:
+    elif sequential or is_functional(model):
+        # A Sequential model takes one tensor; a functional one the structure of its Inputs.
         structure = keras.tree.map_structure(
-            lambda x: tf.TensorSpec(x.shape, tf.as_dtype(x.dtype), name=x.name), model.input
+            lambda x: tf.TensorSpec(x.shape, tf.as_dtype(x.dtype), name=x.name),
+            model.inputs[0] if sequential else model.input,
         )
     else:
         structure = _recorded_inputs(model)

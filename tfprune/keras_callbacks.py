@@ -36,7 +36,8 @@ from tfprune.pruning.selection import check_density
 _PRUNE_KEYWORDS = frozenset(
     name
     for name, parameter in inspect.signature(prune_with_report).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    if name not in ("model", "method", "density", "data")
+    and parameter.kind is not inspect.Parameter.VAR_KEYWORD
 )
 
 
