@@ -60,10 +60,19 @@ def _assert_same_logits(actual, model, x):
     np.testing.assert_allclose(actual, expected, **bounds)
 
 
+def _flat_layers(model):
+    """The layers of `model`, nested models replaced by their own layers."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _flat_layers(layer)
+        else:
+            yield layer
+
+
 def _stock_kernels(model):
     return {
         layer.kernel.path: keras.ops.convert_to_numpy(layer.kernel)
-        for layer in deploy._flat_layers(model)
+        for layer in _flat_layers(model)
         if type(layer) in (keras.layers.Dense, keras.layers.Conv2D)
     }
 
@@ -130,7 +139,7 @@ def test_strip_keeps_outputs_and_makes_the_zeros_real(build, shape):
 
     assert stripped.name == model.name
     assert not tfprune.prunable_weights(stripped), "no masked layer is left"
-    assert {type(layer).__name__ for layer in deploy._flat_layers(stripped)} & {"Dense", "Conv2D"}
+    assert {type(layer).__name__ for layer in _flat_layers(stripped)} & {"Dense", "Conv2D"}
     # The same ops on the same kernel values (0.0 where the mask is 0): bit for bit.
     np.testing.assert_array_equal(stripped(x), model(x))
     _assert_zeros_match(_stock_kernels(stripped), masks, originals)

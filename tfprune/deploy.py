@@ -657,14 +657,6 @@ def _weight_stats(stripped: keras.Model, kernels: dict, pairs: dict) -> dict:
     }
 
 
-def _flat_layers(model: keras.layers.Layer):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
-
-
 def _sizes(path: str) -> dict:
     """File size and gzip -9 size; a directory is measured as a deterministic tar."""
     counter = _ByteCounter()
