@@ -11,11 +11,17 @@ import importlib
 
 from tfprune.version import __version__
 
+# Public modules published under another name than their file's: `tfprune.keras` is
+# tfprune/keras_callbacks.py, since a file keras.py would be imported for `import keras` by a
+# script run from inside the package's directory.
+_MODULE_ALIASES = {"keras": "tfprune.keras_callbacks"}
+
 # Public name -> the module that defines it.
 _ORIGINS = {
     "data": "tfprune.data",
     "errors": "tfprune.errors",
     "models": "tfprune.models",
+    **_MODULE_ALIASES,
     **dict.fromkeys(
         (
             "MaskedConv1D",
@@ -76,7 +82,8 @@ def __getattr__(name: str):
     if origin is None:
         raise AttributeError(f"module 'tfprune' has no attribute {name!r}")
     module = importlib.import_module(origin)
-    value = module if origin == f"tfprune.{name}" else getattr(module, name)
+    is_module = origin == f"tfprune.{name}" or name in _MODULE_ALIASES
+    value = module if is_module else getattr(module, name)
     globals()[name] = value
     return value
 
