@@ -138,17 +138,24 @@ def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
     appear in the model (and, inside a layer, the order of `add_mask`), which is also the flat
     order used to break ties in selection.
 
+    Keras gives two variables the same path when it builds same-named layers of different
+    sub-models outside their parents' name scopes (`keras.models.load_model` and
+    `clone_model` do so for nested Sequential models). Such kernels are keyed instead by the
+    names of the layers that lead to them from `model`, `"<sub-model>/<layer>/<weight>"`,
+    which is the path the model had when it was built.
+
     Args:
         model: A built Keras model or layer.
 
     Returns:
-        An ordered dict `{kernel.path: PrunableWeight(kernel, mask, layer)}`.
+        An ordered dict `{path: PrunableWeight(kernel, mask, layer)}`.
 
     Raises:
-        ModelError: if the model is not built or two kernels share a path.
+        ModelError: if the model is not built, or two kernels have the same path and the same
+            layer names lead to them.
     """
-    found: dict[str, PrunableWeight] = {}
-    for layer in layers_in_order(model):
+    pairs = []
+    for layer, names in _layers_with_names(model):
         if not isinstance(layer, MaskedLayer):
             continue
         if not layer.built:
@@ -157,13 +164,32 @@ def prunable_weights(model: keras.layers.Layer) -> dict[str, PrunableWeight]:
                 "(or build it) before pruning"
             )
         for kernel, mask in layer.prunable_pairs():
-            path = kernel.path
-            if path in found and found[path].kernel is not kernel:
-                raise ModelError(
-                    f"two prunable kernels share the path {path!r}: give the layers unique names"
-                )
-            found[path] = PrunableWeight(kernel, mask, layer)
+            pairs.append((kernel, mask, layer, "/".join((*names, kernel.name))))
+    counts: dict[str, int] = {}
+    for kernel, *_ in pairs:
+        counts[kernel.path] = counts.get(kernel.path, 0) + 1
+    found: dict[str, PrunableWeight] = {}
+    for kernel, mask, layer, named in pairs:
+        path = kernel.path if counts[kernel.path] == 1 else named
+        if path in found:
+            raise ModelError(
+                f"two prunable kernels share the path {path!r}: give the layers unique names"
+            )
+        found[path] = PrunableWeight(kernel, mask, layer)
     return found
+
+
+def _layers_with_names(root: keras.layers.Layer):
+    """`layers_in_order`, each layer with the names of the layers from `root`'s children down
+    to it (the layer's own included)."""
+    seen, stack = set(), [(root, ())]
+    while stack:
+        layer, names = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer, names
+        stack.extend((sub, (*names, sub.name)) for sub in reversed(sublayers(layer)))
 
 
 def layers_in_order(root: keras.layers.Layer):
@@ -172,14 +198,8 @@ def layers_in_order(root: keras.layers.Layer):
     Keras' own traversal (`tfprune._keras_compat.all_layers`) reverses the sublayers of nested
     models, so the walk is done here.
     """
-    seen, stack = set(), [root]
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
+    for layer, _ in _layers_with_names(root):
         yield layer
-        stack.extend(reversed(sublayers(layer)))
 
 
 def mask_map(layer: keras.layers.Layer) -> dict[int, tuple[keras.Variable, keras.Variable]]:

@@ -14,6 +14,7 @@ from tfprune.errors import ConfigError
 from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.pruning.scorers import (
     cached_function,
+    dense_gradients,
     kernel_positions,
     stateless_outputs,
     unwrapped_errors,
@@ -107,7 +108,6 @@ class GraspScorer(Scorer):
 
     def _trace(self, model, weights, pruning_loss):
         kernel_index = kernel_positions(model, weights)
-        zero = tf.UnconnectedGradients.ZERO
 
         def loss(trainable, non_trainable, x, y):
             outputs = stateless_outputs(model, trainable, non_trainable, x, True)
@@ -130,7 +130,7 @@ class GraspScorer(Scorer):
             with tf.GradientTape() as tape:
                 tape.watch(kernels)
                 value = loss(trainable, non_trainable, x, y)
-            return tape.gradient(value, kernels, unconnected_gradients=zero)
+            return dense_gradients(tape, value, kernels)
 
         @tf.function(reduce_retracing=True)
         def hessian_gradient(trainable, non_trainable, x, y, g):
@@ -140,11 +140,11 @@ class GraspScorer(Scorer):
                 with tf.GradientTape() as inner:
                     inner.watch(kernels)
                     value = loss(trainable, non_trainable, x, y)
-                grads = inner.gradient(value, kernels, unconnected_gradients=zero)
+                grads = dense_gradients(inner, value, kernels)
                 # g enters as an input, so it is a constant: only ∇L is differentiated again.
                 inner_product = tf.add_n(
                     [tf.reduce_sum(a * b) for a, b in zip(g, grads, strict=True)]
                 )
-            return outer.gradient(inner_product, kernels, unconnected_gradients=zero)
+            return dense_gradients(outer, inner_product, kernels)
 
         return gradient, hessian_gradient

@@ -189,10 +189,14 @@ def _make_kernel_gradients(model, weights, from_logits, training, loss):
                 )
             else:
                 value = loss(y, outputs)
-        return tape.gradient(
-            value,
-            [trainable_values[i] for i in kernel_index],
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-        )
+        return dense_gradients(tape, value, [trainable_values[i] for i in kernel_index])
 
     return gradients
+
+
+def dense_gradients(tape: tf.GradientTape, target, sources) -> list[tf.Tensor]:
+    """`tape.gradient(target, sources)` as dense tensors, zero where `target` does not depend
+    on a source. An Embedding's gradient comes as `tf.IndexedSlices` (the rows looked up);
+    scores need it at the kernel's shape."""
+    grads = tape.gradient(target, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [tf.convert_to_tensor(g) for g in grads]

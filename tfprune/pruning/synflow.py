@@ -42,7 +42,7 @@ from absl import logging
 from tfprune._keras_compat import all_layers, is_functional
 from tfprune.errors import ConfigError, ModelError
 from tfprune.layers import MaskedLayer
-from tfprune.pruning.scorers import stateless_outputs, unwrapped_errors
+from tfprune.pruning.scorers import dense_gradients, stateless_outputs, unwrapped_errors
 from tfprune.registry import Scorer
 
 _DTYPE = "float64"
@@ -167,7 +167,7 @@ class _Flow:
                 flow = tf.add_n(
                     [tf.reduce_sum(tf.cast(o, tf.float64)) for o in tf.nest.flatten(outputs)]
                 )
-            grads = tape.gradient(flow, kernels, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = dense_gradients(tape, flow, kernels)
             return flow, grads
 
         self._flow_gradients = flow_gradients
