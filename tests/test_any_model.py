@@ -272,3 +272,18 @@ def test_two_sub_models_with_the_same_layer_names_keep_their_own_weights():
         float(model.get_layer("b").get_layer("bn").moving_mean.numpy()[0]),
         float(model.get_layer("a").get_layer("bn").moving_mean.numpy()[0]),
     )
+
+
+def test_a_layer_no_mask_covers_is_named_by_masked_and_by_the_pruning_report():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 3))
+    h = keras.layers.LSTM(4, name="lstm")(inputs)
+    stock = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    with pytest.warns(tfprune.UnprunedLayerWarning, match=r"'lstm/lstm_cell' holds 128 param"):
+        model = tfprune.masked(stock)
+    # kernel 3x16 + recurrent kernel 4x16 + bias 16 = 128 parameters stay dense.
+    with pytest.warns(tfprune.UnprunedLayerWarning, match="lstm_cell"):
+        report = tfprune.prune_with_report(model, "magnitude", 0.5)
+    assert report.unpruned_layers == {"lstm/lstm_cell": 128}
+    assert list(report.masks) == ["out/kernel"]
+    assert _kept(report.masks) == 4

@@ -12,7 +12,7 @@ from absl import logging
 
 from tfprune import registry, streams
 from tfprune.errors import ConfigError, DataError, ModelError
-from tfprune.layers import prunable_weights
+from tfprune.layers import prunable_weights, warn_unpruned
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
 from tfprune.pruning._losses import resolve_loss
 from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_masks
@@ -150,6 +150,9 @@ class PruneReport:
         rounds: Rounds run.
         ablations: Ablations applied.
         seconds: Wall time.
+        unpruned_layers: `{layer path: parameter count}` of the layers whose kernel-like
+            weights no mask covers, which stayed dense (see `tfprune.unpruned_layers`); each
+            is also warned about with a `tfprune.UnprunedLayerWarning`.
     """
 
     masks: dict
@@ -160,6 +163,7 @@ class PruneReport:
     rounds: int
     ablations: tuple
     seconds: float
+    unpruned_layers: dict = dataclasses.field(default_factory=dict)
 
 
 def prune(
@@ -306,6 +310,7 @@ def prune_with_report(
         rounds=rounds,
         ablations=ablations,
         seconds=time.time() - started,
+        unpruned_layers=warn_unpruned(model),
     )
 
 
