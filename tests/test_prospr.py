@@ -236,9 +236,12 @@ def test_zero_steps_is_snip(model_fn):
         tape.watch(kernels)
         loss = _cross_entropy(y, model(x, training=True))
     grads = tape.gradient(loss, kernels)
+    # The same float64 derivative, built another way: forward and backward (sums of up to 27
+    # terms, BN over 72 values, the batch mean) may round in another order.
     for (path, w), grad in zip(weights.items(), grads, strict=True):
         expected = np.abs(w.kernel.numpy() * grad.numpy())
-        np.testing.assert_allclose(scores[path], expected, rtol=1e-12, atol=0, err_msg=path)
+        bounds = tolerance(np.float64, 2 * (27 + 72 + 8 + 20), scale=expected.max())
+        np.testing.assert_allclose(scores[path], expected, **bounds, err_msg=path)
 
 
 def test_zero_steps_matches_snip_in_float32():
