@@ -10,6 +10,7 @@ import _procs
 import keras
 import numpy as np
 import pytest
+from _tolerance import tolerance
 
 import tfprune
 from tfprune import registry
@@ -62,21 +63,22 @@ def _mlp(batch_norm: bool = False, dtype: str = "float64") -> keras.Model:
     return model
 
 
-def _cnn(seed: int = 0) -> keras.Model:
+def _cnn(seed: int = 0, dtype: str = "float32") -> keras.Model:
     """conv 3x3 (4 filters) -> BatchNorm -> ReLU -> Dense 3, with SPEC §5's initializers."""
     keras.utils.set_random_seed(seed)
-    x = keras.Input((6, 6, 2))
+    x = keras.Input((6, 6, 2), dtype=dtype)
     h = MaskedConv2D(
         4,
         3,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal"),
         name="conv",
+        dtype=dtype,
     )(x)
     h = keras.layers.BatchNormalization(
-        gamma_initializer=keras.initializers.RandomUniform(0.0, 1.0), name="bn"
+        gamma_initializer=keras.initializers.RandomUniform(0.0, 1.0), name="bn", dtype=dtype
     )(h)
-    h = keras.layers.Flatten()(keras.layers.ReLU()(h))
-    return keras.Model(x, MaskedDense(3, name="out")(h), name="cnn")
+    h = keras.layers.Flatten(dtype=dtype)(keras.layers.ReLU(dtype=dtype)(h))
+    return keras.Model(x, MaskedDense(3, name="out", dtype=dtype)(h), name="cnn")
 
 
 def _total(model: keras.Model) -> int:
@@ -268,6 +270,31 @@ def test_every_round_keeps_exactly_its_count_and_revives_nothing(monkeypatch):
     for earlier, later in zip(seen, after_each, strict=True):
         for path in later:
             assert np.all(later[path] <= earlier[path])
+
+
+def test_a_subclassed_model_scores_as_the_functional_model_it_wraps():
+    # The batch statistics and outputs of a subclassed model come from a stateless scope, not
+    # from `stateless_call`: the same draws (in the order of the variables, however the layers
+    # nest) and the same computation, which Keras may order otherwise: float64 agrees to its
+    # rounding. A score of 18 + 64 products, BN, and sums over 6 inputs of 18 outputs, and
+    # as much again backwards: well under 1000 operations.
+    class Wrapper(keras.Model):
+        def __init__(self, inner):
+            super().__init__(name="wrapper", dtype="float64")
+            self.inner = inner
+
+        def call(self, x, training=None):
+            return self.inner(x, training=training)
+
+    inner = _cnn(seed=4, dtype="float64")
+    wrapper = Wrapper(inner)
+    options = {"seed": 2, "samples": 2, "input_batch": 6}
+    expected = tfprune.score(inner, "ntk_sap", **options)
+    scores = tfprune.score(wrapper, "ntk_sap", input_shape=(6, 6, 2), **options)
+    assert list(scores) == list(expected)
+    for path in expected:
+        bounds = tolerance("float64", terms=1000, scale=np.abs(expected[path]).max())
+        np.testing.assert_allclose(scores[path], expected[path], **bounds)
 
 
 def test_default_rounds_and_options_are_the_authors():

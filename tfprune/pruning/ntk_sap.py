@@ -324,7 +324,8 @@ def _batch_statistics(model, non_trainable) -> tuple[tuple, set[int]]:
 
 def _initialized(model, held: set[int]) -> list[tuple[keras.Variable, object]]:
     """`(variable, initializer)` of every variable a layer of `model` initializes, except the
-    statistics `held`; other variables keep their values in every sample (warned about)."""
+    statistics `held`, in the order of `model.variables` (which does not depend on how the
+    layers nest); other variables keep their values in every sample (warned about)."""
     pairs, handled = [], set(held)
     for layer in all_layers(model, include_self=False):
         for variable_name, initializer_name in _INITIALIZED:
@@ -342,7 +343,8 @@ def _initialized(model, held: set[int]) -> list[tuple[keras.Variable, object]]:
                 "ntk_sap: no initializer known for %s; every sample uses its current value",
                 variable.path,
             )
-    return pairs
+    position = {id(v): i for i, v in enumerate(model.variables)}
+    return sorted(pairs, key=lambda pair: position[id(pair[0])])
 
 
 def _input_dtypes(model) -> list:
