@@ -192,10 +192,9 @@ class _Sampler:
 
     def __init__(self, model: keras.Model, weights, input_shape):
         self.model = model
-        self.dtypes = _input_dtypes(model)
+        declared_dtypes = _input_dtypes(model)
         self.shapes = _gaussian_shapes(model, input_shape)
-        if len(self.dtypes) != len(self.shapes):
-            self.dtypes = [self.dtypes[0]] * len(self.shapes)
+        self.dtypes = declared_dtypes or [model.compute_dtype] * len(self.shapes)
         self._trainable = {id(v): i for i, v in enumerate(model.trainable_variables)}
         self._non_trainable = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         statistics, held = _batch_statistics(model, self._non_trainable)
@@ -347,8 +346,9 @@ def _initialized(model, held: set[int]) -> list[tuple[keras.Variable, object]]:
     return sorted(pairs, key=lambda pair: position[id(pair[0])])
 
 
-def _input_dtypes(model) -> list:
-    """The dtype of each model input, checked to be floating.
+def _input_dtypes(model) -> list | None:
+    """The dtype of each model input, checked to be floating; None for a subclassed model,
+    whose inputs declare no dtype (it then computes in its own).
 
     Raises:
         ModelError: for an integer input, or a subclassed model holding an Embedding.
@@ -365,7 +365,7 @@ def _input_dtypes(model) -> list:
                     f"{layer.name!r}, which reads integer ids; ntk_sap scores models with "
                     "floating inputs only"
                 )
-        return [model.compute_dtype]
+        return None
     dtypes = []
     for tensor in declared:
         dtype = keras.backend.standardize_dtype(tensor.dtype)
