@@ -124,7 +124,7 @@ def test_the_wheel_ships_every_gin_config_and_the_console_scripts(installed):
         for name in packaged:
             with open(os.path.join(ROOT, "gin_configs", name), "rb") as f:
                 assert wheel.read(f"tfprune/gin_configs/{name}") == f.read(), name
-    assert len(shipped) == 30 and packaged == shipped
+    assert len(shipped) == 32 and packaged == shipped
     assert scripts == [
         "[console_scripts]",
         *(

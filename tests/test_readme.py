@@ -44,10 +44,15 @@ def test_readme_signature_defaults_are_the_functions_defaults(name, defaults):
 
 
 def test_readme_default_rounds_are_the_methods_own():
+    """The README states them as "(100 for `synflow`, 60 for `a` and `b`, 1 for the others)"."""
     with open(README) as f:
         text = " ".join(f.read().split())
-    stated = re.search(r"\(`?(\d+)`? for `synflow`, (\d+) for the others\)", text)
+    stated = re.search(r"runs the method's own number of rounds \(([^)]*) for the others\)", text)
     assert stated, "the README no longer states the methods' default rounds"
+    *named, others = re.split(r", (?=\d)", stated.group(1))
     rounds = {name: registry.get(name).default_rounds for name in scorer_names()}
-    assert rounds.pop("synflow") == int(stated.group(1))
-    assert set(rounds.values()) == {int(stated.group(2))}
+    for part in named:
+        count, names = re.fullmatch(r"`?(\d+)`? for (.+)", part).groups()
+        for name in re.findall(r"`(\w+)`", names):
+            assert rounds.pop(name) == int(count), name
+    assert set(rounds.values()) == {int(others)}
