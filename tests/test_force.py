@@ -207,8 +207,8 @@ def test_several_batches_take_the_absolute_value_of_the_mean_gradient():
     x, y = _mlp_data(10, seed=11)
     # batch_size 4: batches of 4, 4 and 2, weighted by size (the mean loss over the 10).
     scores = tfprune.score(model, "force", data=(x, y), batch_size=4)
-    parameters, masks = _parameters(model), _partial_masks(model)
-    masks = {p: np.ones_like(m) for p, m in masks.items()}
+    parameters = _parameters(model)
+    masks = {"hidden/kernel": np.ones((3, 4)), "logits/kernel": np.ones((4, 2))}
     whole = _finite_difference(parameters, masks, x, y)
     per_batch = [
         (len(yb) / 10, _finite_difference(parameters, masks, x[s], yb))
@@ -539,6 +539,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # two training processes, about 20 s
 def test_force_runs_from_the_command_line_with_shuffle_and_reinit(tmp_path):
     plain, ablated = str(tmp_path / "plain"), str(tmp_path / "ablated")
     common = ["--gin_file=gin_configs/force.gin", *TINY]
