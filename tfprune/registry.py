@@ -83,7 +83,9 @@ class Method:
             `__init__` otherwise.
         settings: Settings read by the code that runs the kind (after training: `scored_by`,
             `iterative`, `rewind_default`; `baseline`: random pruning, the floor the report
-            draws in every panel and the method the allocation aliases name).
+            draws in every panel and the method the allocation aliases name; `revives`: its
+            pruned weights keep a score, so each round of a `prune` call ranks every weight
+            alive when the call began and weights its earlier rounds pruned can come back).
     """
 
     name: str

@@ -187,7 +187,10 @@ def prune(
 
     With `rounds` > 1 the method is iterated: after round i (1..rounds) the density is
     `density ** (i / rounds)`, each round rescoring the network with the previous round's mask.
-    Weights that are already pruned in `model` stay pruned.
+    Weights that are already pruned in `model` stay pruned. Each round keeps weights among those
+    the previous round kept, except for `force`, which gives pruned weights a score: its rounds
+    choose among all the weights alive when the call began, so they can bring back weights
+    pruned by an earlier round of the same call.
 
     Args:
         model: A built model with masked layers (see `tfprune.masked`).
@@ -205,7 +208,7 @@ def prune(
             inside each layer.
         seed: Seed of seeded methods and of the ablations.
         rounds: Pruning rounds with the exponential density schedule (default: the method's,
-            100 for `synflow`, else 1).
+            100 for `synflow`, 60 for `iter_snip` and `force`, else 1).
         ablations: Any of `"shuffle"` (permute each layer's final mask), `"reinit"` (redraw
             the weights from their initializers with a new seed) and `"invert"` (keep the lowest
             keep-scores, every round).
@@ -375,7 +378,12 @@ def _prune_scored(
 ):
     """Rounds of scoring and selection. Round i of R keeps `density ** (i / R)`: globally,
     in each layer, or, for fixed layer counts `counts`, `counts[l] * (density_i / density)` of
-    each layer (exactly `counts` in the last round)."""
+    each layer (exactly `counts` in the last round).
+
+    Each round chooses among the weights the previous round kept, except for a method
+    registered with `settings={"revives": True}` (FORCE), whose pruned weights keep a score:
+    it chooses among the weights alive when the call began, so a weight its own earlier rounds
+    pruned can come back, and one pruned before the call cannot."""
     entry = registry.get(method)
     scorer = get_scorer(method, **options)
     _give_input_shape(scorer, settings.input_shape)
@@ -383,17 +391,19 @@ def _prune_scored(
     batches = _batches_for(entry, model, data, settings.batch_size, settings.loss, options)
     rng = streams.generator(seed, "scores")
     original = masks = get_masks(model)
+    revives = bool(entry.settings.get("revives"))
     scores = {}
     try:
         for i in range(1, rounds + 1):
             target = density ** (i / rounds)
             scores = scorer(model, weights, batches, rng)
+            candidates = original if revives else masks
             if counts is None:
                 scope = "layer" if allocation == registry.LAYER else "global"
-                masks = select(scores, masks, target, scope, invert, min_layer_density)
+                masks = select(scores, candidates, target, scope, invert, min_layer_density)
             else:
                 layer_counts = _round_counts(counts, i, rounds, target, density)
-                masks = select_counts(scores, masks, layer_counts, invert)
+                masks = select_counts(scores, candidates, layer_counts, invert)
             assign_masks(model, masks)
     except ConfigError:
         # A later round can reject min_layer_density; a rejected call prunes nothing.

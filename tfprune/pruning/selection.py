@@ -3,8 +3,10 @@
 The number of weights kept is exactly `round(density * N)`, counted over all prunable weights
 (`scope="global"`) or over each layer (`scope="layer"`). Ties are broken deterministically: a
 stable sort by score, so that among equal scores the lower flat index wins, where the flat index
-runs over the layers in `prunable_weights` order and over each kernel in C order. Weights that
-are already pruned are never revived.
+runs over the layers in `prunable_weights` order and over each kernel in C order. Only weights
+alive in the masks passed in can be kept: rounds of pruning pass the previous round's masks, so
+pruned weights are never revived, except by a method registered as reviving (FORCE), whose
+rounds pass the masks from before the `prune` call instead.
 """
 
 from __future__ import annotations
