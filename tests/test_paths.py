@@ -539,6 +539,21 @@ def test_phew_min_layer_density_keeps_the_floors_and_the_count():
     assert [int(m.sum()) >= f for m, f in zip(masks.values(), floors, strict=True)] == [True] * 3
 
 
+def test_phew_walks_from_the_first_prunable_layer_whatever_comes_before():
+    """Seeds are the first prunable layer's input units: a reshape (which phew could not
+    walk through between prunable layers) before it does not matter."""
+    x = keras.Input((2, 4))
+    h = keras.layers.Reshape((8,))(keras.layers.Rescaling(0.5)(x))
+    model = keras.Model(x, MaskedDense(3, name="out")(MaskedDense(5, name="hidden")(h)))
+    masks = tfprune.prune(model, "phew", 0.4, seed=1)
+    assert _kept(masks) == round(0.4 * 55)
+    # A forward walk leaves each of the 8 input units once every 8 pairs: all are used.
+    assert np.all(masks["hidden/kernel"].sum(axis=1) > 0)
+    inside = keras.Model(x, MaskedDense(3)(keras.layers.Reshape((3, 2))(MaskedDense(6)(h))))
+    with pytest.raises(ModelError, match="cannot walk through Reshape"):
+        tfprune.prune(inside, "phew", 0.4)
+
+
 def test_phew_on_a_sequential_model_walks_as_on_the_functional_one():
     functional = _mlp(seed=5, sizes=(8, 6, 4))
     sequential = keras.Sequential(
@@ -599,6 +614,12 @@ def test_phew_refuses_what_it_cannot_walk():
     x = keras.Input((4,))
     with pytest.raises(ModelError, match="shared layer"):
         tfprune.prune(keras.Model(x, shared(shared(x))), "phew", 0.5)
+
+    x = keras.Input((4,))
+    inner = keras.Sequential([keras.Input((3,)), MaskedDense(3)], name="inner")
+    nested = keras.Model(x, MaskedDense(2)(inner(MaskedDense(3)(x))))
+    with pytest.raises(ModelError, match="nested"):
+        tfprune.prune(nested, "phew", 0.5)
 
     a, b = keras.Input((3,)), keras.Input((3,))
     two = keras.Model(

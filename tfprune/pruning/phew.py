@@ -25,30 +25,36 @@ walked are kept until the budget is met. This module follows the authors' code
   uniformly; an identity shortcut has no weight and is never taken, so a walk goes through the
   block's convolutions. Formally, the layers after a layer are the prunable layers its output
   reaches through non-prunable layers, minus those reachable through another of them (and
-  mirrored for the layers before). On the paper's ResNets this is what the reference code does
-  layer by layer: half of the walks through a downsampling block take its shortcut.
+  mirrored for the layers before). The reference code hard-codes this for its ResNets, by the
+  layers' order: half of the walks through a downsampling block take its shortcut. (Its
+  forward walks decide one layer early and so also skip the convolution before such a block;
+  that is not reproduced.)
 - **Budget.** The reference code walks until the number of distinct connections walked reaches
   the budget, over all layers (each layer keeps what the walks give it) and completes its last
   walk, a few connections over. Here the walks stop at the connection that meets the budget,
   `round(d · N)` (`tfprune.pruning.api.Budget`), mid-walk if need be, so that exactly the
-  walked connections are kept; a connection walked again adds nothing. With an allocation that
-  fixes each layer's count (`layer`, `erk`, `ratio_of:<method>`) each layer keeps the first
-  connections its walks cross up to its count, and walks go on until every layer has it (a
-  walk still crosses a full layer, keeping nothing there); a layer that keeps every weight
-  left needs no walk. With `min_layer_density` in global selection, walks go on past the
-  budget until every layer has its floor, only layers below it keeping what they cross, and
-  selection keeps the floors and the most visited of the rest.
+  walked connections are kept; a connection walked again adds nothing. Every kept connection
+  lies on a walk from an input or an output, so every unit with a kept connection on one side
+  has one on the other, but for at most the unit where the last walk stopped. With an
+  allocation that fixes each layer's count (`layer`, `erk`, `ratio_of:<method>`) each layer
+  keeps the first connections its walks cross up to its count, and walks go on until every
+  layer has it (a walk still crosses a full layer, keeping nothing there); a layer that keeps
+  every weight left needs no walk. With `min_layer_density` in global selection, walks go on
+  past the budget until every layer has its floor, only layers below it keeping what they
+  cross, and selection keeps the floors and the most visited of the rest.
 - **Keep-score.** The number of times the walks crossed each kept connection, 0 for every
   other: selection's top `round(d · N)` is then exactly the walked set. `tfprune.score`, which
   knows no budget, returns the expected number of crossings of each connection by one forward
   and one backward walk (computed exactly, without sampling).
 
 Every random draw comes from the generator `prune` passes (the run's "scores" stream), so the
-walks are reproducible for a seed. The model is only read.
+walks are reproducible for a seed. The model is only read. PHEW prunes in one shot, as in the
+paper; with more rounds each round walks the network the previous one pruned.
 
 PHEW walks functional and Sequential models built from Dense and (ungrouped) Conv layers,
 joined by BatchNormalization, activations, dropout, padding, pooling, flattening and merges
-such as `Add` (as the paper's MLPs, VGGs and ResNets are); other models raise `ModelError`.
+such as `Add` (as the paper's MLPs, VGGs and ResNets are; anything may come before the first
+prunable layer); other models raise `ModelError`.
 A connection no walk can reach (zero weights, or units cut off by earlier pruning) is never
 kept while walked connections are left; when the walks cannot meet the budget (it asks for
 nearly every connection, or more than the walks reach) within `MAX_WALKS_PER_WEIGHT` walks per
@@ -220,12 +226,16 @@ class _Graph:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         layers = {}
         for index, path in enumerate(self.paths):
-            layer = weights[path].layer
-            _check_layer(layer, path, weights[path].kernel)
-            if id(layer) in layers:
-                raise ModelError(f"phew walks one kernel per layer; {layer.name!r} has several")
-            layers[id(layer)] = index
+            _check_layer(weights[path].layer, path, weights[path].kernel)
+            layers[id(weights[path].layer)] = index
         operations = _operations(model)
+        listed = {id(operation) for operation in operations}
+        for path in self.paths:
+            if id(weights[path].layer) not in listed:
+                raise ModelError(
+                    f"phew follows the layers of a flat model; {path} lies inside a nested "
+                    "model or layer"
+                )
         consumers = _consumers(model, operations)
         reached = [
             _reached(layer.output, _output_units(layer), consumers, layers)
@@ -274,11 +284,10 @@ class _Graph:
 
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """`{path: float64 array of the kernel's shape}` from the flat array of connections."""
+        parts = np.split(np.asarray(flat, dtype=np.float64), self.offsets[1:-1])
         return {
-            path: np.asarray(flat[self.offsets[i] : self.offsets[i + 1]], dtype=np.float64).reshape(
-                shape
-            )
-            for i, (path, shape) in enumerate(zip(self.paths, self.shapes, strict=True))
+            path: part.reshape(shape)
+            for path, shape, part in zip(self.paths, self.shapes, parts, strict=True)
         }
 
 
@@ -353,7 +362,10 @@ def _reached(tensor, units: _Units | None, consumers: dict, layers: dict) -> dic
 
 
 def _through(operation, units: _Units | None) -> _Units | None:
-    """Where the units are in `operation`'s output."""
+    """Where the units are in `operation`'s output (None before the first prunable layer,
+    whose input units are where forward walks start, whatever comes before them)."""
+    if units is None:
+        return None
     if not isinstance(
         operation, (*_CHANNELWISE, *_SPATIAL, *_GLOBAL_POOLING, keras.layers.Flatten)
     ):
@@ -362,8 +374,6 @@ def _through(operation, units: _Units | None) -> _Units | None:
             "walks Dense and Conv layers joined by normalisation, activations, dropout, "
             "padding, pooling, flattening and merges such as Add"
         )
-    if units is None:
-        return None
     shape = tuple(operation.output.shape[1:])
     if isinstance(operation, keras.layers.Flatten):
         return units if units.axis is None else _flattened(units, operation, shape)
@@ -382,11 +392,12 @@ def _through(operation, units: _Units | None) -> _Units | None:
 
 
 def _check_channel_axis(operation, units: _Units) -> None:
-    last = operation.data_format == "channels_last"
+    data_format = getattr(operation, "data_format", "channels_last")  # 1D layers may have none
+    last = data_format == "channels_last"
     if units.axis is None or units.axis != (len(units.shape) - 1 if last else 0):
         raise ModelError(
             f"phew cannot follow the channels through {operation.name!r}: its data_format "
-            f"{operation.data_format!r} is not the one of the layer before"
+            f"{data_format!r} is not the one of the layer before"
         )
 
 
