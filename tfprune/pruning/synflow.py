@@ -134,10 +134,11 @@ class SynflowL2Scorer(SynflowScorer):
     Everything else is SynFlow's (`SynflowScorer`): the float64 copy, masks, BatchNorm in
     inference mode with its moving statistics as they are, the all-ones input. Squared are
     the kernels, the biases and BatchNorm's gamma and beta: every parameter, as SynFlow takes
-    the absolute value of every parameter. (The PHEW authors' code squares the parameters
-    only; some other implementations square the whole PyTorch state dict, which also squares
-    BatchNorm's running mean and variance. tfprune keeps the statistics, as SPEC §2 does for
-    SynFlow, so both methods see the same inference-mode normalisation.)
+    the absolute value of every parameter. The PHEW authors' path-kernel code squares the
+    parameters alone, in inference mode, as do public SynFlow-L2 pruners that square the
+    module's parameters; others square the whole PyTorch state dict, BatchNorm's running
+    mean and variance included. tfprune keeps the statistics, as SPEC §2 does for SynFlow, so
+    that both methods see the same inference-mode normalisation.
 
     With R(w) = R̃(w ⊙ w), ∂R/∂w = 2w ⊙ ∂R̃/∂(w ⊙ w), so the keep-score is
     2 w² ⊙ |∂R̃/∂(w ⊙ w)|; the factor 2 changes no mask.
