@@ -46,8 +46,11 @@ def test_readme_signature_defaults_are_the_functions_defaults(name, defaults):
 def test_readme_default_rounds_are_the_methods_own():
     with open(README) as f:
         text = " ".join(f.read().split())
-    stated = re.search(r"\(`?(\d+)`? for `synflow`, (\d+) for the others\)", text)
+    # "(100 for `synflow`, 20 for `ntk_sap` and `x`, 1 for the others)"
+    stated = re.search(r"own number of rounds \(([^)]*), (\d+) for the others\)", text)
     assert stated, "the README no longer states the methods' default rounds"
     rounds = {name: registry.get(name).default_rounds for name in scorer_names()}
-    assert rounds.pop("synflow") == int(stated.group(1))
+    for count, names in re.findall(r"(\d+) for ((?:`\w+`(?:, | and )?)+)", stated.group(1)):
+        for name in re.findall(r"`(\w+)`", names):
+            assert rounds.pop(name) == int(count), name
     assert set(rounds.values()) == {int(stated.group(2))}

@@ -26,9 +26,6 @@ _INITIALIZED = (
     ("beta", "beta_initializer"),
     ("moving_mean", "moving_mean_initializer"),
     ("moving_variance", "moving_variance_initializer"),
-    ("depthwise_kernel", "depthwise_initializer"),
-    ("pointwise_kernel", "pointwise_initializer"),
-    ("embeddings", "embeddings_initializer"),
 )
 _NOT_REINITIALIZED = ("mask", "seed_generator")
 
