@@ -4,6 +4,7 @@ their transition probabilities (chi-square), their exact expectation and the bud
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -552,6 +553,33 @@ def test_phew_walks_from_the_first_prunable_layer_whatever_comes_before():
     inside = keras.Model(x, MaskedDense(3)(keras.layers.Reshape((3, 2))(MaskedDense(6)(h))))
     with pytest.raises(ModelError, match="cannot walk through Reshape"):
         tfprune.prune(inside, "phew", 0.4)
+
+
+def test_phew_budget_beyond_the_walks_keeps_every_walkable_connection(monkeypatch, caplog):
+    """Zero weights are never walked: a budget larger than what the walks can reach keeps all
+    they reach, and the rest by expected visits, with a warning; so does a walk limit hit."""
+    caplog.set_level(logging.WARNING)
+    model = _mlp(seed=6, sizes=(6, 5, 4))
+    kernel = model.get_layer("dense0").kernel
+    zeroed = kernel.numpy()
+    zeroed[:2] = 0.0  # input units 0 and 1: 10 connections no walk can take
+    kernel.assign(zeroed)
+    masks = tfprune.prune(model, "phew", 0.9, seed=1)  # 45 of 50, 40 walkable
+    assert _kept(masks) == 45
+    assert np.all(masks["dense0/kernel"][2:] == 1) and np.all(masks["dense1/kernel"] == 1)
+    assert any("short of the budget" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(phew, "MAX_WALKS_PER_WEIGHT", 0.1)  # one batch of 64 pairs at most
+    model = _mlp(seed=6, sizes=(20, 15, 10, 5))
+    scores = _phew_scores(model, Budget(total=400), seed=2)
+    flat = np.concatenate([s.ravel() for s in scores.values()])
+    visits, fill = flat[flat >= 1], flat[(flat > 0) & (flat < 1)]
+    assert 0 < visits.size < 400 and np.all(visits == np.round(visits))
+    # The rest ranks below every walked connection, by expected visits.
+    assert fill.size and fill.max() <= 0.5
+    masks = tfprune.prune(model, "phew", 0.8, seed=2)
+    assert _kept(masks) == 400
+    assert any("short of the budget" in r.getMessage() for r in caplog.records)
 
 
 def test_phew_on_a_sequential_model_walks_as_on_the_functional_one():

@@ -76,7 +76,7 @@ from tfprune.errors import ConfigError, ModelError
 from tfprune.layers import MaskedConv, MaskedDense
 from tfprune.registry import Scorer
 
-#: The walks give up on meeting the budget after this many (forward and backward) walks per
+#: The walks give up on meeting the budget after this many walks (forward and backward) per
 #: prunable weight; the rest of the budget then goes by expected visits.
 MAX_WALKS_PER_WEIGHT = 16
 _FIRST_BATCH = 64  # walk pairs in the first batch
@@ -665,7 +665,7 @@ def _walk_to_budget(graph, tables, expected, budget, rng) -> np.ndarray:
     limit = MAX_WALKS_PER_WEIGHT * alive.size
     batch = _FIRST_BATCH
     while kept < total or np.any(layer_count < wanted):
-        if pairs >= limit:
+        if 2 * pairs >= limit:
             break
         crossed = walk_pairs(graph, tables, pairs, batch, rng)
         pairs += batch
