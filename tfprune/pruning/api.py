@@ -28,6 +28,7 @@ from tfprune.pruning.scorers import get_scorer, scorer_names
 from tfprune.pruning.selection import (
     check_density,
     check_scope,
+    kept_count,
     layer_floors,
     select,
     select_counts,
@@ -274,6 +275,7 @@ def prune_with_report(
     _check_loss_use(loss, registry.needs_data(method, allocation), method)
     _check_input_shape_use(input_shape, _scored_methods(method, allocation), method)
     ablations = check_ablations(ablations)
+    _check_ablations_apply(ablations, method)
     seed = _check_seed(seed)
     weights = _weights(model)
     invert = "invert" in ablations
@@ -396,13 +398,16 @@ def _prune_scored(
     try:
         for i in range(1, rounds + 1):
             target = density ** (i / rounds)
+            layer_counts = (
+                None if counts is None else _round_counts(counts, i, rounds, target, density)
+            )
+            _give_budget(scorer, masks, target, allocation, layer_counts, min_layer_density)
             scores = scorer(model, weights, batches, rng)
             candidates = original if revives else masks
-            if counts is None:
+            if layer_counts is None:
                 scope = "layer" if allocation == registry.LAYER else "global"
                 masks = select(scores, candidates, target, scope, invert, min_layer_density)
             else:
-                layer_counts = _round_counts(counts, i, rounds, target, density)
                 masks = select_counts(scores, candidates, layer_counts, invert)
             assign_masks(model, masks)
     except ConfigError:
@@ -410,6 +415,42 @@ def _prune_scored(
         assign_masks(model, original)
         raise
     return masks, _score_stats(scores, masks), rounds
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How many weights a round of `prune` keeps, for a scorer whose keep-scores depend on it.
+
+    A scorer that needs it (`phew`, which walks until its budget is met) declares a class
+    attribute `budget = None`; `prune` sets it before each round. `score` sets none.
+
+    Attributes:
+        total: With global selection, the number kept over all layers; None when the layer
+            counts are fixed.
+        layers: `{path: count}` kept in each layer when the allocation fixes the counts
+            (`layer`, `erk`, `ratio_of:<method>`); None with global selection.
+        floors: With global selection, `{path: count}` each layer keeps at least
+            (`min_layer_density`, all 0 by default); None otherwise.
+    """
+
+    total: int | None
+    layers: dict[str, int] | None = None
+    floors: dict[str, int] | None = None
+
+
+def _give_budget(scorer, masks, target, allocation, layer_counts, min_layer_density) -> None:
+    """Gives the round's `Budget` to a scorer that reads one (a class attribute `budget`)."""
+    if not hasattr(type(scorer), "budget"):
+        return
+    floors = layer_floors(masks, min_layer_density)
+    if layer_counts is None and allocation == registry.LAYER:
+        # As `select` counts each layer with scope="layer".
+        layer_counts = {p: max(kept_count(target, m.size), floors[p]) for p, m in masks.items()}
+    if layer_counts is not None:
+        scorer.budget = Budget(total=None, layers=dict(layer_counts))
+    else:
+        total = kept_count(target, sum(m.size for m in masks.values()))
+        scorer.budget = Budget(total=total, floors=floors)
 
 
 def _round_counts(counts: dict[str, int], i: int, rounds: int, target: float, density: float):
@@ -471,6 +512,16 @@ def _batches_for(entry, model, data, batch_size, loss, options):
                     f"{neutral[name]!r}) and build what it does into the loss"
                 )
     return as_batches(data, model, objective, batch_size)
+
+
+def _check_ablations_apply(ablations: tuple[str, ...], method: str) -> None:
+    """Raises ConfigError for an ablation the method's registry entry does not take."""
+    accepted = registry.get(method).ablations
+    for name in ablations:
+        if name not in accepted:
+            raise ConfigError(
+                f"ablation {name!r} does not apply to {method}; use {' or '.join(accepted)}"
+            )
 
 
 def _check_loss_use(loss, uses_data: bool, method: str) -> None:

@@ -1,7 +1,12 @@
-"""`synflow` (Tanaka, Kunin, Yamins and Ganguli, 2020): keep-score |w ⊙ ∂R/∂w|, SPEC §2.
+"""`synflow` (Tanaka, Kunin, Yamins and Ganguli, 2020): keep-score |w ⊙ ∂R/∂w|, SPEC §2; and
+`synflow_l2` (Gebhart, Saxena and Schrater, 2021), the same with squared parameters, SPEC §7.
 
 R is the sum of the outputs of the network with every parameter replaced by its absolute
-value, on one all-ones input, in inference mode. It is computed on one of two networks:
+value (SynFlow) or its square (SynFlow-L2), on one all-ones input, in inference mode. For a
+chain of linear layers R = 1ᵀ(∏_l |W_l|)1, or 1ᵀ(∏_l W_l ⊙ W_l)1: the sum over all input-output
+paths of the product of their weights' magnitudes (or squares, the path kernel's trace). The two
+methods differ only in that transformation of the parameters (`Linearisation`), everything
+else is shared. R is computed on one of two networks:
 
 - a float64 copy of the model (SPEC §2), for functional and Sequential models whose layers
   rebuild from their configuration (`get_config`/`from_config`);
@@ -32,7 +37,10 @@ models, so a subclassed model with integer inputs is refused too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
+from collections.abc import Callable
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -46,6 +54,35 @@ from tfprune.pruning.scorers import dense_gradients, stateless_outputs, unwrappe
 from tfprune.registry import Scorer
 
 _DTYPE = "float64"
+
+
+@dataclasses.dataclass(frozen=True)
+class Linearisation:
+    """How a SynFlow-type method transforms the parameters before computing R.
+
+    Attributes:
+        method: The method's name, for messages.
+        described: What the transformed network is, for messages ("absolute-valued").
+        transform: t, applied to every parameter of the copy (kernels, biases, BatchNorm gamma
+            and beta; never the masks or the data statistics).
+        kernel_factor: |w t'(w)| of a kernel w, in float64: since ∂R/∂w = t'(w) ∂R/∂t(w), the
+            keep-score |w ⊙ ∂R/∂w| is `kernel_factor(w) * |∂R/∂t(w)|`.
+    """
+
+    method: str
+    described: str
+    transform: Callable[[np.ndarray], np.ndarray]
+    kernel_factor: Callable[[np.ndarray], np.ndarray]
+
+
+def _twice_square(w: np.ndarray) -> np.ndarray:
+    return 2.0 * np.square(w)
+
+
+#: SynFlow: |θ|, so |w t'(w)| = |w|.
+ABSOLUTE = Linearisation("synflow", "absolute-valued", np.abs, np.abs)
+#: SynFlow-L2: θ ⊙ θ, so |w t'(w)| = 2 w².
+SQUARE = Linearisation("synflow_l2", "squared", np.square, _twice_square)
 
 
 class SynflowScorer(Scorer):
@@ -78,16 +115,43 @@ class SynflowScorer(Scorer):
 
     input_shape = None
 
+    #: The transformation of the parameters; a subclass changes it (`synflow_l2`).
+    linearisation: ClassVar[Linearisation] = ABSOLUTE
+
     def __init__(self):
         self._flow = None
 
     def __call__(self, model, weights, batches, rng):
         if self._flow is None or self._flow.model is not model:
-            self._flow = _make_flow(model, weights, self.input_shape)
+            self._flow = _make_flow(model, weights, self.input_shape, self.linearisation)
         return self._flow.scores(weights)
 
 
-def _make_flow(model: keras.Model, weights, input_shape) -> _Flow:
+class SynflowL2Scorer(SynflowScorer):
+    """`synflow_l2`: keep-score |w ⊙ ∂R/∂w| with R the output sum of the network whose
+    parameters are squared, 100 rounds by default.
+
+    Everything else is SynFlow's (`SynflowScorer`): the float64 copy, masks, BatchNorm in
+    inference mode with its moving statistics as they are, the all-ones input. Squared are
+    the kernels, the biases and BatchNorm's gamma and beta: every parameter, as SynFlow takes
+    the absolute value of every parameter. The PHEW authors' path-kernel code squares the
+    parameters alone, in inference mode, as do public SynFlow-L2 pruners that square the
+    module's parameters; others square the whole PyTorch state dict, BatchNorm's running
+    mean and variance included. tfprune keeps the statistics, as SPEC §2 does for SynFlow, so
+    that both methods see the same inference-mode normalisation.
+
+    With R(w) = R̃(w ⊙ w), ∂R/∂w = 2w ⊙ ∂R̃/∂(w ⊙ w), so the keep-score is
+    2 w² ⊙ |∂R̃/∂(w ⊙ w)|; the factor 2 changes no mask.
+
+    Example:
+
+    >>> masks = tfprune.prune(model, "synflow_l2", 0.01)  # 100 rounds
+    """
+
+    linearisation = SQUARE
+
+
+def _make_flow(model: keras.Model, weights, input_shape, linearisation=ABSOLUTE) -> _Flow:
     """The float64 copy's flow, or the model's own when the copy cannot be built."""
     shapes = _input_shapes(model, input_shape)
     ones_layers = _ones_response_layers(model)
@@ -96,21 +160,22 @@ def _make_flow(model: keras.Model, weights, input_shape) -> _Flow:
         pairs = _paired_variables(model, copy)
     except ModelError as error:
         logging.warning(
-            "synflow computes on model %r itself in %s: %s",
+            "%s computes on model %r itself in %s: %s",
+            linearisation.method,
             model.name,
             model.compute_dtype,
             error,
         )
-        return _Flow(model, model, weights, shapes, ones_layers, None)
+        return _Flow(model, model, weights, shapes, ones_layers, None, linearisation)
     # The copy is private to the scorer, so its layers answer with their ones response for good.
     copy_ones_layers = _ones_response_layers(copy)
     for layer in copy_ones_layers:
         _answer_ones(layer)
-    return _Flow(model, copy, weights, shapes, [], pairs)
+    return _Flow(model, copy, weights, shapes, [], pairs, linearisation)
 
 
 class _Flow:
-    """R, the output sum of a network with absolute parameters, and its kernel gradients.
+    """R, the output sum of a network with transformed parameters, and its kernel gradients.
 
     Args:
         model: The model scored.
@@ -120,10 +185,13 @@ class _Flow:
         ones_layers: Layers of `network` to answer with their ones response while R is
             computed (restored afterwards).
         pairs: For a copy, `{id(copy variable): model variable}`; None for the model itself.
+        linearisation: The transformation of the parameters (SynFlow's absolute value by
+            default).
     """
 
-    def __init__(self, model, network, weights, shapes, ones_layers, pairs):
+    def __init__(self, model, network, weights, shapes, ones_layers, pairs, linearisation):
         self.model = model
+        self._linearisation = linearisation
         self._ones_layers = ones_layers
         masks = {id(w.mask): path for path, w in weights.items()}
         kernels = {id(w.kernel): path for path, w in weights.items()}
@@ -147,9 +215,14 @@ class _Flow:
                     and id(source) not in masks
                     and id(source) not in statistics
                 ):
-                    value = np.abs(value)
+                    # In float64, rounded once to the network's dtype: a float32 square of a
+                    # float32 weight would round twice on the float64 copy.
+                    value = linearisation.transform(value.astype(np.float64))
                 self._values[group].append(tf.constant(value, dtype=variable.dtype))
-        self._kernels = {path: np.abs(np.float64(w.kernel.numpy())) for path, w in weights.items()}
+        self._factors = {
+            path: linearisation.kernel_factor(np.float64(w.kernel.numpy()))
+            for path, w in weights.items()
+        }
         slots = [kernel_slots[path] for path in weights]
         dtypes = _input_dtypes(network, len(shapes))
         ones = [
@@ -175,6 +248,7 @@ class _Flow:
 
     def scores(self, weights) -> dict[str, np.ndarray]:
         """Returns `{path: |w ⊙ ∂R/∂w|}` under the model's current masks."""
+        name, described = self._linearisation.method, self._linearisation.described
         values = {group: list(tensors) for group, tensors in self._values.items()}
         for path, (group, index, dtype) in self._mask_slots.items():
             values[group][index] = tf.constant(weights[path].mask.numpy(), dtype=dtype)
@@ -183,18 +257,19 @@ class _Flow:
         grads = [np.float64(g.numpy()) for g in grads]
         if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
             raise ModelError(
-                f"synflow's R, the output sum of the absolute-valued {self.model.name!r}, "
+                f"{name}'s R, the output sum of the {described} {self.model.name!r}, "
                 f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
                 "(a functional or Sequential model whose layers rebuild from get_config)"
             )
         scores = {
-            path: self._kernels[path] * np.abs(grad)
+            path: self._factors[path] * np.abs(grad)
             for path, grad in zip(weights, grads, strict=True)
         }
         if not any(np.any(score) for score in scores.values()):
             logging.warning(
-                "synflow scores every weight of %r 0: its output sum does not depend on the "
+                "%s scores every weight of %r 0: its output sum does not depend on the "
                 "kernels (a softmax output sums to 1: score the logits)",
+                name,
                 self.model.name,
             )
         return scores
