@@ -29,7 +29,7 @@ from tfprune.pruning.selection import check_density, check_scope
 from tfprune.registry import check_ablations
 from tfprune.rundir import semantic
 from tfprune.steps import to_iterations
-from tfprune.training import TrainConfig
+from tfprune.training import TrainConfig, schedules
 from tfprune.version import __version__
 
 DENSE = registry.dense().name
@@ -125,11 +125,20 @@ class Experiment:
                 f"method {method!r} keeps every weight: set density = 1.0, not {density}"
             )
         after = entry.kind == registry.AFTER_TRAINING
+        during = entry.kind == registry.DURING_TRAINING
         for name in ablations:
             if name not in entry.ablations:
+                raise ConfigError(_refused_ablation(name, self.method, entry))
+        if during:
+            if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
                 raise ConfigError(
-                    f"ablation {name!r} does not apply to {self.method}; use "
-                    f"{' or '.join(entry.ablations)}"
+                    f"{self.method} changes its masks during training on its own schedule: "
+                    "leave prune_step at 0 and set its method_options instead"
+                )
+            if self.rounds is not None:
+                raise ConfigError(
+                    f"experiment.rounds does not apply to {self.method}, which changes its masks "
+                    "during training: set its method_options instead"
                 )
         if after:
             if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
@@ -138,9 +147,7 @@ class Experiment:
                 lottery_level(density, self.lottery_rate)
         elif self.rewind_step is not None:
             after_names = registry.names((registry.AFTER_TRAINING,))
-            raise ConfigError(
-                f"rewind_step applies to {', '.join(after_names)}, not {self.method}"
-            )
+            raise ConfigError(f"rewind_step applies to {', '.join(after_names)}, not {self.method}")
         for name in ("prune_step", "rewind_step"):
             if getattr(self, name) is not None:
                 to_iterations(getattr(self, name), 1, f"experiment.{name}")
@@ -170,11 +177,46 @@ class Experiment:
                 f"experiment.method_options must be a dict of option: value, got "
                 f"{self.method_options!r}"
             )
-        if self.method_options and entry.kind != registry.AT_INIT:
+        if self.method_options and entry.kind not in (registry.AT_INIT, registry.DURING_TRAINING):
             raise ConfigError(
                 f"method {self.method!r} takes no options, got {sorted(self.method_options)}"
             )
         registry.check_options(method, self.method_options, shown=self.method)
+        if during:
+            schedules.schedule_class(entry.settings["schedule"]).check_options(
+                self.options(), self.method
+            )
+
+    def options(self) -> dict:
+        """The method's options: its registry defaults updated with `method_options`."""
+        return {**registry.get(self.resolved()[0]).option_defaults(), **self.method_options}
+
+    def mask_schedule(self, total_steps: int, steps_per_epoch: int):
+        """For a method that changes its masks during training, its schedule in a run of
+        `total_steps` iterations (`tfprune.training.schedules`); None for any other method.
+
+        Raises:
+            ConfigError: for an option that cannot be used in such a run.
+        """
+        entry = registry.get(self.resolved()[0])
+        if entry.kind != registry.DURING_TRAINING:
+            return None
+        return schedules.resolve(
+            entry.settings["schedule"],
+            check_density(self.density),
+            self.options(),
+            total_steps,
+            steps_per_epoch,
+            self.method,
+        )
+
+
+def _refused_ablation(name: str, method: str, entry: registry.Method) -> str:
+    """The one-line reason why ablation `name` does not apply to `method`."""
+    note = entry.settings.get("ablation_note")
+    if not entry.ablations:
+        return f"ablation {name!r} does not apply to {method}: " + (note or "it takes no ablation")
+    return f"ablation {name!r} does not apply to {method}; use {' or '.join(entry.ablations)}"
 
 
 def config_dict(experiment: Experiment, training: TrainConfig) -> dict:
@@ -296,6 +338,7 @@ def check_fit(experiment: Experiment, ctx: Sizes) -> None:
                 f"experiment.{name} {step!r} is at or after the end of training "
                 f"({ctx.total_steps} iterations, {ctx.steps_per_epoch} per epoch)"
             )
+    experiment.mask_schedule(ctx.total_steps, ctx.steps_per_epoch)
     wanted = experiment.examples_per_class * info.num_classes
     if not after and registry.needs_data(*experiment.resolved()) and wanted > info.num_train:
         raise DataError(
@@ -303,5 +346,3 @@ def check_fit(experiment: Experiment, ctx: Sizes) -> None:
             f"pruning examples, but {experiment.dataset} has only {info.num_train} training "
             "examples: lower examples_per_class"
         )
-
-
