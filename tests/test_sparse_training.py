@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import textwrap
 from fractions import Fraction
 
 import _procs
@@ -387,7 +390,13 @@ def test_the_sweep_plans_only_the_cells_that_can_run():
     [
         ({"prune_step": "5it"}, "rigl changes its masks during training on its own schedule"),
         ({"rounds": 3}, "experiment.rounds does not apply to rigl"),
-        ({"allocation": "erk"}, "allocation 'erk' applies to methods scored at initialization"),
+        (
+            {"allocation": "erk"},
+            "rigl changes its masks during training: choose how it treats the layers in "
+            "experiment.method_options (drop_fraction, every, end, distribution), not with "
+            "scope or allocation 'erk'",
+        ),
+        ({"scope": "layer"}, "not with scope or allocation 'layer'"),
         (
             {"method_options": {"distribution": "ratio_of:snip"}},
             "rigl option distribution must be erk or uniform (also spelled layer), got "
@@ -405,6 +414,39 @@ def test_bad_settings_of_a_method_during_training_are_refused(changes, message):
     with pytest.raises(ConfigError) as refused:
         check(experiment, TrainConfig(steps="10it", progress=False))
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_sweep_checks_these_methods_without_tensorflow():
+    script = textwrap.dedent(
+        """
+        import sys
+        from tfprune import sweep
+        base, switched, training = sweep.base_configuration(
+            ["gin_configs/default.gin"], ["training.steps = 8"]
+        )
+        grid, _ = sweep.cells(["gmp", "set", "rigl"], [0.1], [()], [0])
+        sweep.check_cells(base, switched, training, grid)
+        bad = [{**grid[0], "method": "rigl", "ablations": ("shuffle",)}]
+        try:
+            sweep.check_cells(base, switched, training, bad)
+        except Exception as error:
+            print(error)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+        print("heavy:", heavy[:3])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=_procs.ROOT,
+        env=_procs.ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused, heavy = done.stdout.strip().splitlines()[-2:]
+    assert refused.startswith("cell rigl-shuffle-d0.1-s0: ablation 'shuffle' does not apply to ")
+    assert heavy == "heavy: []"
 
 
 def test_gmp_end_before_begin_is_refused():
@@ -435,8 +477,6 @@ def test_rigl_with_invert_is_refused_on_the_command_line(tmp_path):
 # Runs: the command line end to end, and a resumed run equal to an uninterrupted one.
 
 
-# Each shipped gin file also runs one iteration in the fast tests (tests/test_cli.py).
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "gin_file, extra",
     [

@@ -195,14 +195,13 @@ def _run_during_training(experiment, ctx: RunContext, output_dir, fields, should
     model = ctx.build_model()
     trainer = ctx.trainer(model, output_dir, should_stop=should_stop, callbacks=[update])
     state = trainer.run()
-    record = state.extra.get("mask_updates", {})
     fields.update(
         {
             # From this iteration on the mask no longer changes.
             "prune_step": schedule.last_step,
             "rewind_step": None,
             "rounds": len(schedule.steps()),
-            "scoring_seconds": record.get("seconds", 0.0),
+            "scoring_seconds": state.extra.get("mask_update_seconds", 0.0),
             "mask_schedule": {
                 "kind": type(schedule).__name__,
                 **dataclasses.asdict(schedule),

@@ -44,14 +44,16 @@ class Experiment:
         dataset: A dataset name (`fashion_mnist`, `cifar10`, ... see `tfprune.data`).
         model: A network name (`tfprune.models.names()`).
         method: A pruning method of the registry (`tfprune.registry.accepted_names()`): a
-            scorer, an after-training baseline, `"dense"` for no pruning, or one of the
-            allocation aliases `uniform`, `erk`, `ratio_of:<scorer>`.
+            scorer, an after-training baseline, a method that changes masks during training
+            (`gmp`, `set`, `rigl`), `"dense"` for no pruning, or one of the allocation
+            aliases `uniform`, `erk`, `ratio_of:<scorer>`.
         density: Fraction of prunable weights kept, in (0, 1]; must be 1 for `"dense"`.
         scope: `"global"` or `"layer"` selection: the allocation when `allocation` is None.
         allocation: How many weights each layer keeps (`tfprune.registry.ALLOCATIONS`):
             `"global"`, `"layer"` (or `"uniform"`), `"erk"` or `"ratio_of:<scorer>"`; the
             method's keep-scores choose the positions inside each layer. None: `scope`.
-        rounds: Pruning rounds (exponential density schedule); None: the method's default.
+        rounds: Pruning rounds (exponential density schedule); None: the method's default
+            (methods during training follow their own schedule: leave it None).
         ablations: Any of `"shuffle"`, `"reinit"`, `"invert"` (SPEC §3).
         min_layer_density: Minimum fraction each layer keeps (0: no minimum).
         prune_step: When to prune: `"0it"` (at initialization), `"500it"`, `"2ep"`, ...
@@ -73,7 +75,9 @@ class Experiment:
             global batch split between them) or `"multi_worker_mirrored"` (several machines,
             from `TF_CONFIG`; only the chief writes into the run directory, which every worker
             must see to resume; not for the after-training baselines).
-        method_options: Extra options of the method (for example `{"from_logits": True}`).
+        method_options: Extra options of the method (for example `{"from_logits": True}`;
+            for the methods during training, their schedule, see
+            `tfprune.training.schedules`: `{"begin": 0.25, "end": 0.75, "every": 100}`).
     """
 
     dataset: str = "fashion_mnist"
@@ -106,6 +110,14 @@ class Experiment:
             ConfigError: for an unknown method or allocation, or contradicting ones.
         """
         check_scope(self.scope)
+        entry = registry.find(self.method)
+        per_layer = self.allocation or self.scope
+        if entry and entry.kind == registry.DURING_TRAINING and per_layer != registry.GLOBAL:
+            raise ConfigError(
+                f"{self.method} changes its masks during training: choose how it treats the "
+                f"layers in experiment.method_options ({', '.join(entry.option_defaults())}), "
+                f"not with scope or allocation {per_layer!r}"
+            )
         if registry.is_alias(self.method) and self.allocation is None:
             return registry.resolve(self.method)
         return registry.resolve(self.method, self.allocation or self.scope)

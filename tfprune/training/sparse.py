@@ -53,19 +53,18 @@ RANDOM_GROWTH = "random"
 GRADIENT_GROWTH = "gradient"
 
 
-class _Recorded(MaskUpdate):
-    """A mask update that counts its updates and their time in `state.extra`, which the
-    checkpoints keep."""
+class _Timed(MaskUpdate):
+    """A mask update that adds the time it takes to `state.extra["mask_update_seconds"]`,
+    which the checkpoints keep."""
 
     def on_step_begin(self, trainer: Trainer, state: TrainState) -> None:
         started = time.time()
         super().on_step_begin(trainer, state)
-        record = state.extra.setdefault("mask_updates", {"count": 0, "seconds": 0.0})
-        record["count"] += 1
-        record["seconds"] += time.time() - started
+        seconds = state.extra.get("mask_update_seconds", 0.0) + time.time() - started
+        state.extra["mask_update_seconds"] = seconds
 
 
-class GradualMagnitude(_Recorded):
+class GradualMagnitude(_Timed):
     """Gradual magnitude pruning (`gmp`; Zhu and Gupta, 2017).
 
     At each update step t of `schedule` the network keeps `round(d_t · N)` weights (globally,
@@ -139,7 +138,7 @@ class GradualMagnitude(_Recorded):
         logging.info("gmp: %s applied to the final mask", "+".join(self.ablations))
 
 
-class DropAndGrow(_Recorded):
+class DropAndGrow(_Timed):
     """Dynamic sparse training: drop the weakest active weights, grow as many elsewhere.
 
     Before the first iteration, the masks are random at `density` with the schedule's layer
