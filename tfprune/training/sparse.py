@@ -18,7 +18,8 @@ same updates as one that was never interrupted.
 Example:
 
 >>> update = for_method("rigl", schedule, density=0.1, seed=0)
->>> trainer = Trainer(model, config, train_data, eval_data, 469, "run", callbacks=[update])
+>>> trainer = Trainer(model, config, train_data, eval_data, 469, "run", hook_steps=(),
+...                   callbacks=[update])
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class GradualMagnitude(_Timed):
     Example:
 
     >>> schedule = CubicSchedule(0.1, begin=250, end=750, every=100)
-    >>> trainer = Trainer(..., callbacks=[GradualMagnitude(schedule)])
+    >>> trainer = Trainer(..., hook_steps=(), callbacks=[GradualMagnitude(schedule)])
     """
 
     def __init__(
@@ -144,10 +145,13 @@ class DropAndGrow(_Timed):
     Before the first iteration, the masks are random at `density` with the schedule's layer
     counts (`erk` or `uniform`): random pruning with that allocation and the run's seed. Then
     at each update step t, each layer with A active weights drops the n = ⌊f(t) · A⌋ of them
-    with the lowest |θ| (ties: the higher flat index goes) and grows the n with the highest
+    with the lowest |θ| and grows the n with the highest
     growth score (`grow_scores`) among the others, just dropped ones included, as RigL's code
     does (a weight dropped and grown again keeps its value). Weights that were inactive start
-    at zero with zeroed optimizer slots. Subclasses define `grow_scores`.
+    at zero with zeroed optimizer slots. Ties go by flat index, as in every selection (the
+    lower index stays, and grows first), where RigL's code adds a little noise to |θ|. The
+    iteration then trains as any other (RigL's first code skips the weight update of an
+    update's iteration). Subclasses define `grow_scores`.
 
     Args:
         schedule: The drop fraction and update steps.
