@@ -64,7 +64,7 @@ def _batch(step: int):
     return x[order].astype(np.float64), y[order]
 
 
-def _trainer(output_dir, callbacks) -> Trainer:
+def _trainer(output_dir, callbacks, model=None) -> Trainer:
     x, y = _data()
 
     def train_data(epoch, skip):
@@ -78,7 +78,7 @@ def _trainer(output_dir, callbacks) -> Trainer:
         epochs=EPOCHS, learning_rate=0.1, momentum=0.9, progress=False, steps_per_execution=3
     )
     return Trainer(
-        _model(),
+        model or _model(),
         config,
         train_data,
         eval_data,
@@ -242,6 +242,54 @@ def test_set_growth_is_seeded(tmp_path):
     assert [int(m.sum()) for _, m, _ in finals["a"].values()] == [
         round(0.3 * a * b) for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=False)
     ]
+
+
+def test_loss_gradients_of_a_batch_change_nothing_and_take_other_values(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((WIDTHS[0],)),
+            MaskedDense(8, name="a"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.ReLU(),
+            MaskedDense(3, name="b"),
+        ],
+        name="bn_mlp",
+    )
+    trainer = _trainer(tmp_path, [], model)
+    x, y = trainer.batch(13)
+    np.testing.assert_array_equal(x.numpy(), _batch(13)[0].astype(np.float32))
+    kernel, mask = model.get_layer("a").kernel, model.get_layer("a").mask
+    half = np.zeros(tuple(mask.shape), np.float32)
+    half[:6] = 1
+    mask.assign(half)
+    before = [np.array(v.numpy()) for v in model.variables]
+    plain = trainer.loss_gradients(x, y)
+    values = {kernel.path: kernel.numpy() * half, mask.path: np.ones_like(half)}
+    dense = trainer.loss_gradients(x, y, values=values)
+    # Nothing moved, BatchNorm's moving statistics included.
+    for variable, value in zip(model.variables, before, strict=True):
+        assert np.array_equal(variable.numpy(), value), variable.path
+    # The masked weights get no gradient through the mask; with the mask at ones and the
+    # kernel masked instead (the same network), every weight has its own.
+    assert not np.any(plain[kernel.path][6:]) and np.all(dense[kernel.path][6:] != 0)
+    np.testing.assert_array_equal(plain[kernel.path][:6], dense[kernel.path][:6])
+    # The loss is the batch mean of the training cross-entropy, BatchNorm on batch statistics.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(y, model(x, training=True), True)
+        )
+    direct = tape.gradient(loss, model.get_layer("b").kernel)
+    bound = tolerance(np.float32, 4 * (WIDTHS[0] + 8 + BATCH), float(np.abs(direct).max()))
+    np.testing.assert_allclose(plain[model.get_layer("b").kernel.path], direct, **bound)
+    for bad, message in (
+        ({"nowhere": 0.0}, "no variable of the model has the path 'nowhere'"),
+        ({mask.path: np.ones(3)}, f"a value of shape (3,) for {mask.path}, whose shape is"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            trainer.loss_gradients(x, y, values=bad)
+    with pytest.raises(ConfigError, match="iteration 30 is outside training"):
+        trainer.batch(30)
 
 
 def test_drop_schedule_steps_and_fraction():
