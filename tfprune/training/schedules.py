@@ -131,7 +131,7 @@ class CubicSchedule:
         options: Mapping[str, Any],
         total_steps: int,
         steps_per_epoch: int,
-        method: str = "gmp",
+        method: str = "the method",
     ) -> CubicSchedule:
         """The schedule of a run of `total_steps` iterations.
 
@@ -234,7 +234,7 @@ class DropSchedule:
         options: Mapping[str, Any],
         total_steps: int,
         steps_per_epoch: int,
-        method: str = "rigl",
+        method: str = "the method",
     ) -> DropSchedule:
         """The schedule of a run of `total_steps` iterations.
 
