@@ -1,7 +1,9 @@
 """Running one experiment: data → model → pruning → training → results on disk.
 
 `tfprune.experiment.run` hands over to `run` here. Pruning at initialization (or at a step t)
-happens inside the training loop; the after-training baselines are in `tfprune.after_training`.
+happens inside the training loop; the methods that change masks during training (gradual
+magnitude pruning, SET, RigL) are callbacks of the loop (`tfprune.training.sparse`); the
+after-training baselines are in `tfprune.after_training`.
 
 A run directory holds `config.json` (what was asked), `checkpoints/`, `tensorboard/`,
 `masks.npz` and `pruning.json` (once pruned), and on completion `model.keras` and
@@ -12,6 +14,7 @@ different configuration is refused unless `overwrite=True`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -39,7 +42,7 @@ from tfprune.runner import (
     write_json,
 )
 from tfprune.steps import to_iterations
-from tfprune.training import TrainConfig, TrainState
+from tfprune.training import TrainConfig, TrainState, schedules
 from tfprune.version import __version__
 
 
@@ -115,6 +118,8 @@ def _run_claimed(experiment, ctx: RunContext, output_dir, config, should_stop) -
             fields=fields,
             should_stop=should_stop,
         )
+    if registry.get(method).kind == registry.DURING_TRAINING:
+        return _run_during_training(experiment, ctx, output_dir, fields, should_stop)
     return _run_at_step(experiment, ctx, output_dir, fields, should_stop)
 
 
@@ -157,6 +162,52 @@ def _run_at_step(experiment, ctx: RunContext, output_dir, fields, should_stop) -
             "rewind_step": None,
             "rounds": pruning.get("rounds", 0),
             "scoring_seconds": pruning.get("seconds", 0.0),
+        }
+    )
+    return finish(model, state, output_dir, fields, write=ctx.is_chief)
+
+
+def _run_during_training(experiment, ctx: RunContext, output_dir, fields, should_stop) -> dict:
+    """Trains with the method's mask updates (`tfprune.training.sparse`): no pruning at a
+    step; the callback gives the starting masks and changes them on its schedule."""
+    from tfprune.training import sparse
+
+    schedule = experiment.mask_schedule(ctx.total_steps, ctx.steps_per_epoch)
+    if isinstance(schedule, schedules.CubicSchedule) and not schedule.intervals:
+        logging.warning(
+            "%s: fewer than %d iterations between begin (%d) and end (%d): pruning to density "
+            "%g at once at iteration %d",
+            experiment.method,
+            schedule.every,
+            schedule.begin,
+            schedule.end,
+            experiment.density,
+            schedule.begin,
+        )
+    update = sparse.for_method(
+        experiment.resolved()[0],
+        schedule,
+        density=float(experiment.density),
+        seed=experiment.seed,
+        ablations=check_ablations(experiment.ablations),
+        min_layer_density=experiment.min_layer_density,
+    )
+    model = ctx.build_model()
+    trainer = ctx.trainer(model, output_dir, should_stop=should_stop, callbacks=[update])
+    state = trainer.run()
+    fields.update(
+        {
+            # From this iteration on the mask no longer changes.
+            "prune_step": schedule.last_step,
+            "rewind_step": None,
+            "rounds": len(schedule.steps()),
+            "scoring_seconds": state.extra.get("mask_update_seconds", 0.0),
+            "mask_schedule": {
+                "kind": type(schedule).__name__,
+                **dataclasses.asdict(schedule),
+                "steps": len(schedule.steps()),
+                "last_step": schedule.last_step,
+            },
         }
     )
     return finish(model, state, output_dir, fields, write=ctx.is_chief)

@@ -29,7 +29,7 @@ from tfprune.pruning.selection import check_density, check_scope
 from tfprune.registry import check_ablations
 from tfprune.rundir import semantic
 from tfprune.steps import to_iterations
-from tfprune.training import TrainConfig
+from tfprune.training import TrainConfig, schedules
 from tfprune.version import __version__
 
 DENSE = registry.dense().name
@@ -44,14 +44,16 @@ class Experiment:
         dataset: A dataset name (`fashion_mnist`, `cifar10`, ... see `tfprune.data`).
         model: A network name (`tfprune.models.names()`).
         method: A pruning method of the registry (`tfprune.registry.accepted_names()`): a
-            scorer, an after-training baseline, `"dense"` for no pruning, or one of the
-            allocation aliases `uniform`, `erk`, `ratio_of:<scorer>`.
+            scorer, an after-training baseline, a method that changes masks during training
+            (`gmp`, `set`, `rigl`), `"dense"` for no pruning, or one of the allocation
+            aliases `uniform`, `erk`, `ratio_of:<scorer>`.
         density: Fraction of prunable weights kept, in (0, 1]; must be 1 for `"dense"`.
         scope: `"global"` or `"layer"` selection: the allocation when `allocation` is None.
         allocation: How many weights each layer keeps (`tfprune.registry.ALLOCATIONS`):
             `"global"`, `"layer"` (or `"uniform"`), `"erk"` or `"ratio_of:<scorer>"`; the
             method's keep-scores choose the positions inside each layer. None: `scope`.
-        rounds: Pruning rounds (exponential density schedule); None: the method's default.
+        rounds: Pruning rounds (exponential density schedule); None: the method's default
+            (methods during training follow their own schedule: leave it None).
         ablations: Any of `"shuffle"`, `"reinit"`, `"invert"` (SPEC §3).
         min_layer_density: Minimum fraction each layer keeps (0: no minimum).
         prune_step: When to prune: `"0it"` (at initialization), `"500it"`, `"2ep"`, ...
@@ -73,7 +75,9 @@ class Experiment:
             global batch split between them) or `"multi_worker_mirrored"` (several machines,
             from `TF_CONFIG`; only the chief writes into the run directory, which every worker
             must see to resume; not for the after-training baselines).
-        method_options: Extra options of the method (for example `{"from_logits": True}`).
+        method_options: Extra options of the method (for example `{"from_logits": True}`;
+            for the methods during training, their schedule, see
+            `tfprune.training.schedules`: `{"begin": 0.25, "end": 0.75, "every": 100}`).
     """
 
     dataset: str = "fashion_mnist"
@@ -106,6 +110,14 @@ class Experiment:
             ConfigError: for an unknown method or allocation, or contradicting ones.
         """
         check_scope(self.scope)
+        entry = registry.find(self.method)
+        per_layer = self.allocation or self.scope
+        if entry and entry.kind == registry.DURING_TRAINING and per_layer != registry.GLOBAL:
+            raise ConfigError(
+                f"{self.method} changes its masks during training: choose how it treats the "
+                f"layers in experiment.method_options ({', '.join(entry.option_defaults())}), "
+                f"not with scope or allocation {per_layer!r}"
+            )
         if registry.is_alias(self.method) and self.allocation is None:
             return registry.resolve(self.method)
         return registry.resolve(self.method, self.allocation or self.scope)
@@ -125,11 +137,20 @@ class Experiment:
                 f"method {method!r} keeps every weight: set density = 1.0, not {density}"
             )
         after = entry.kind == registry.AFTER_TRAINING
+        during = entry.kind == registry.DURING_TRAINING
         for name in ablations:
             if name not in entry.ablations:
+                raise ConfigError(_refused_ablation(name, self.method, entry))
+        if during:
+            if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
                 raise ConfigError(
-                    f"ablation {name!r} does not apply to {self.method}; use "
-                    f"{' or '.join(entry.ablations)}"
+                    f"{self.method} changes its masks during training on its own schedule: "
+                    "leave prune_step at 0 and set its method_options instead"
+                )
+            if self.rounds is not None:
+                raise ConfigError(
+                    f"experiment.rounds does not apply to {self.method}, which changes its masks "
+                    "during training: set its method_options instead"
                 )
         if after:
             if to_iterations(self.prune_step, 1, "experiment.prune_step") != 0:
@@ -138,9 +159,7 @@ class Experiment:
                 lottery_level(density, self.lottery_rate)
         elif self.rewind_step is not None:
             after_names = registry.names((registry.AFTER_TRAINING,))
-            raise ConfigError(
-                f"rewind_step applies to {', '.join(after_names)}, not {self.method}"
-            )
+            raise ConfigError(f"rewind_step applies to {', '.join(after_names)}, not {self.method}")
         for name in ("prune_step", "rewind_step"):
             if getattr(self, name) is not None:
                 to_iterations(getattr(self, name), 1, f"experiment.{name}")
@@ -170,11 +189,46 @@ class Experiment:
                 f"experiment.method_options must be a dict of option: value, got "
                 f"{self.method_options!r}"
             )
-        if self.method_options and entry.kind != registry.AT_INIT:
+        if self.method_options and entry.kind not in (registry.AT_INIT, registry.DURING_TRAINING):
             raise ConfigError(
                 f"method {self.method!r} takes no options, got {sorted(self.method_options)}"
             )
         registry.check_options(method, self.method_options, shown=self.method)
+        if during:
+            schedules.schedule_class(entry.settings["schedule"]).check_options(
+                self.options(), self.method
+            )
+
+    def options(self) -> dict:
+        """The method's options: its registry defaults updated with `method_options`."""
+        return {**registry.get(self.resolved()[0]).option_defaults(), **self.method_options}
+
+    def mask_schedule(self, total_steps: int, steps_per_epoch: int):
+        """For a method that changes its masks during training, its schedule in a run of
+        `total_steps` iterations (`tfprune.training.schedules`); None for any other method.
+
+        Raises:
+            ConfigError: for an option that cannot be used in such a run.
+        """
+        entry = registry.get(self.resolved()[0])
+        if entry.kind != registry.DURING_TRAINING:
+            return None
+        return schedules.resolve(
+            entry.settings["schedule"],
+            check_density(self.density),
+            self.options(),
+            total_steps,
+            steps_per_epoch,
+            self.method,
+        )
+
+
+def _refused_ablation(name: str, method: str, entry: registry.Method) -> str:
+    """The one-line reason why ablation `name` does not apply to `method`."""
+    note = entry.settings.get("ablation_note")
+    if not entry.ablations:
+        return f"ablation {name!r} does not apply to {method}: " + (note or "it takes no ablation")
+    return f"ablation {name!r} does not apply to {method}; use {' or '.join(entry.ablations)}"
 
 
 def config_dict(experiment: Experiment, training: TrainConfig) -> dict:
@@ -296,6 +350,7 @@ def check_fit(experiment: Experiment, ctx: Sizes) -> None:
                 f"experiment.{name} {step!r} is at or after the end of training "
                 f"({ctx.total_steps} iterations, {ctx.steps_per_epoch} per epoch)"
             )
+    experiment.mask_schedule(ctx.total_steps, ctx.steps_per_epoch)
     wanted = experiment.examples_per_class * info.num_classes
     if not after and registry.needs_data(*experiment.resolved()) and wanted > info.num_train:
         raise DataError(
@@ -303,5 +358,3 @@ def check_fit(experiment: Experiment, ctx: Sizes) -> None:
             f"pruning examples, but {experiment.dataset} has only {info.num_train} training "
             "examples: lower examples_per_class"
         )
-
-

@@ -42,6 +42,7 @@ from tfprune.rundir import (  # noqa: F401  re-exported: the run-directory helpe
     write_json,
 )
 from tfprune.training import (
+    Callback,
     TrainConfig,
     Trainer,
     TrainState,
@@ -144,8 +145,10 @@ class RunContext:
         start_step: int = 0,
         keep_steps: Sequence[int] = (),
         hook_steps: Sequence[int] | None = (),
+        callbacks: Sequence[Callback] = (),
     ) -> Trainer:
-        """A `Trainer` for `model` writing into `output_dir` (`on_step` sees `hook_steps`)."""
+        """A `Trainer` for `model` writing into `output_dir` (`on_step` sees `hook_steps`;
+        `callbacks` are more hooks, such as mask updates)."""
         return Trainer(
             model,
             self.training,
@@ -159,6 +162,7 @@ class RunContext:
             start_step=start_step,
             keep_steps=keep_steps,
             hook_steps=hook_steps,
+            callbacks=callbacks,
         )
 
     def sync_model(self, model: keras.Model) -> None:

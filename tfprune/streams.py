@@ -25,9 +25,10 @@ STREAMS = (
     "scores",  # seeded scorers (random keep-scores)
     "shuffle",
     "reinit",
+    "growth",  # key: iteration (the weights SET grows at random)
 )
 # How many keys each stream takes: a fixed count, so that keys never run into one another.
-_KEYS = {"data_order": 1, "augmentation": 1}
+_KEYS = {"data_order": 1, "augmentation": 1, "growth": 1}
 
 
 def _tag(stream: str) -> int:

@@ -5,6 +5,10 @@
 - `loop`: `Trainer`, the loop; it calls the hooks of its callbacks.
 - `callbacks`: `Callback`, `MaskUpdate` (pruning during training) and the loop's own
   callbacks: evaluation, progress, TensorBoard, snapshots, checkpoints.
+- `schedules`: `CubicSchedule` and `DropSchedule`, when the masks of pruning during training
+  change (no TensorFlow needed).
+- `sparse`: their mask updates: `GradualMagnitude` (gmp), `DropAndGrow` with
+  `SparseEvolutionary` (SET) and `RigL`.
 - `checkpoint`: checkpoints and snapshots, restored by variable path.
 - `distribute`: what the workers of a strategy agree on.
 - `progress`: the progress display and its plain line.
@@ -21,6 +25,8 @@ _ORIGINS = {
     **dict.fromkeys(("SGD", "PiecewiseSchedule"), "optim"),
     **dict.fromkeys(("Interrupted", "Trainer", "enable_determinism"), "loop"),
     **dict.fromkeys(("Callback", "MaskUpdate"), "callbacks"),
+    **dict.fromkeys(("CubicSchedule", "DropSchedule"), "schedules"),
+    **dict.fromkeys(("DropAndGrow", "GradualMagnitude", "RigL", "SparseEvolutionary"), "sparse"),
     **dict.fromkeys(
         ("CHECKPOINT_PREFIX", "checkpoints", "load_snapshot", "save_snapshot"), "checkpoint"
     ),

@@ -166,6 +166,7 @@ class Trainer:
             }
         self._train_steps = self._make_train_steps()
         self._eval_step = self._make_eval_step()
+        self._gradients = None  # traced by `loss_gradients` on first use
         self._stop_agreement = StopAgreement(self.strategy, self.num_workers)
         # Set by `run` from the callbacks' `hook_steps`.
         self._hooks, self._stops, self._every_step = [], [], True
@@ -318,6 +319,103 @@ class Trainer:
         for path, where in positions.items():
             where = None if where is None else np.asarray(where, dtype=bool)
             self.optimizer.reset_slots(trainable[path], where)
+
+    def batch(self, step: int) -> tuple:
+        """The global batch `(x, y)` that iteration `step` trains on.
+
+        The training data is a pure function of the epoch, so this is the batch the loop
+        feeds (or fed) to that iteration, read again from `train_data`.
+
+        Raises:
+            ConfigError: for a step outside training.
+            TrainingError: if the training data ends before that batch.
+
+        Example:
+
+        >>> x, y = trainer.batch(state.step)  # in a hook: the batch about to be trained on
+        """
+        if not 0 <= step < self.total_steps:
+            raise ConfigError(
+                f"iteration {step} is outside training (iterations 0 to {self.total_steps - 1})"
+            )
+        epoch, skip = divmod(int(step), self.steps_per_epoch)
+        for x, y in self.train_data(epoch, skip).take(1):
+            return x, y
+        raise TrainingError(f"the training data holds no batch for iteration {step}")
+
+    def loss_gradients(
+        self, x, y, values: Mapping[str, np.ndarray | tf.Tensor] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Gradients of the training loss on the batch `(x, y)`, changing nothing.
+
+        The loss is the one the loop minimises, the mean sparse cross-entropy of the logits
+        over the batch (the optimizer adds the weight decay; regularization losses of the
+        model are left out). The model runs statelessly in training mode: BatchNorm uses the
+        batch's statistics and its moving averages stay as they are.
+
+        Args:
+            x, y: A global batch, for example `batch(step)`.
+            values: `{variable path: value}` to use instead of the variables' values
+                (trainable or not). For example the masked kernel `kernel * mask` with the mask
+                at ones gives the gradient with respect to the masked weights' values, dense,
+                which RigL grows from.
+
+        Returns:
+            `{trainable variable path: gradient}` (float32 arrays of the variables' shapes).
+
+        Raises:
+            ConfigError: for a path that names no variable of the model, or a value of
+                another shape.
+
+        Example:
+
+        >>> grads = trainer.loss_gradients(*trainer.batch(100))
+        """
+        # Imported here: the loop itself does not need the pruning stage's stateless call.
+        from tfprune.pruning.scorers import stateless_outputs, variable_values
+
+        model = self.model
+        values = dict(values or {})
+        variables = {v.path: v for v in model.variables}
+        for path, value in values.items():
+            if path not in variables:
+                raise ConfigError(f"no variable of the model has the path {path!r}")
+            if tuple(np.shape(value)) != tuple(variables[path].shape):
+                raise ConfigError(
+                    f"a value of shape {tuple(np.shape(value))} for {path}, whose shape is "
+                    f"{tuple(variables[path].shape)}"
+                )
+
+        def replaced(group):
+            current = variable_values(group)
+            return [
+                tf.convert_to_tensor(values[v.path], dtype=v.dtype) if v.path in values else c
+                for v, c in zip(group, current, strict=True)
+            ]
+
+        if self._gradients is None:
+
+            @tf.function(reduce_retracing=True)
+            def gradients(trainable, non_trainable, x, y):
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    logits = stateless_outputs(model, trainable, non_trainable, x, True)
+                    loss = tf.reduce_mean(
+                        keras.losses.sparse_categorical_crossentropy(
+                            y, tf.cast(logits, tf.float32), from_logits=True
+                        )
+                    )
+                grads = tape.gradient(
+                    loss, trainable, unconnected_gradients=tf.UnconnectedGradients.ZERO
+                )
+                return [tf.convert_to_tensor(g) for g in grads]
+
+            self._gradients = gradients
+        grads = self._gradients(
+            replaced(model.trainable_variables), replaced(model.non_trainable_variables), x, y
+        )
+        trainable = model.trainable_variables
+        return {v.path: np.asarray(g.numpy()) for v, g in zip(trainable, grads, strict=True)}
 
     def learning_rate(self, step: int) -> float:
         """The learning rate used at iteration `step`."""
