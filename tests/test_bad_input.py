@@ -449,7 +449,11 @@ Y = np.arange(20) % 10
 @pytest.mark.parametrize(
     "call, error, fragments",
     [
-        (lambda m: tfprune.prune(m, "snipp", 0.1), ConfigError, ["'snipp'", "magnitude, random"]),
+        (
+            lambda m: tfprune.prune(m, "snipp", 0.1),
+            ConfigError,
+            ["'snipp'", "magnitude, ntk_sap", "erk, ratio_of:<method>"],
+        ),
         (lambda m: tfprune.prune(m, "magnitude", 0), ConfigError, ["(0, 1]", "got 0.0"]),
         (lambda m: tfprune.prune(m, "magnitude", 1.5), ConfigError, ["got 1.5"]),
         (lambda m: tfprune.prune(m, "magnitude", -0.5), ConfigError, ["got -0.5"]),

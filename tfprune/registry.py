@@ -271,6 +271,17 @@ def accepted_names() -> list[str]:
     ]
 
 
+def listing(accepted: Iterable[str]) -> str:
+    """`accepted` as an error message lists them, the `ratio_of:` aliases as one
+    `ratio_of:<method>`."""
+    shown: list[str] = []
+    for name in accepted:
+        entry = RATIO_OF + "<method>" if name.startswith(RATIO_OF) else name
+        if entry not in shown:
+            shown.append(entry)
+    return ", ".join(shown)
+
+
 def get(name: str) -> Method:
     """The method registered as `name`.
 
@@ -280,7 +291,7 @@ def get(name: str) -> Method:
     _discover()
     if not isinstance(name, str) or name not in _METHODS:
         raise ConfigError(
-            f"unknown pruning method {name!r}; choose one of {', '.join(accepted_names())}"
+            f"unknown pruning method {name!r}; choose one of {listing(accepted_names())}"
         )
     return _METHODS[name]
 
