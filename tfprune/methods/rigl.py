@@ -7,22 +7,18 @@ start at zero with fresh optimizer slots. Layer counts never change. The updates
 """
 
 from tfprune import registry
+from tfprune.methods.set import DROP_AND_GROW_OPTIONS, NO_FIXED_MASK
 
 registry.register(
     registry.Method(
         name="rigl",
         kind=registry.DURING_TRAINING,
         summary="drop the lowest |θ|, grow the highest |∂L/∂θ|, from ERK (Evci et al., 2020)",
-        options={"drop_fraction": 0.3, "every": 100, "end": 0.75, "distribution": "erk"},
+        options=DROP_AND_GROW_OPTIONS,
         settings={
             "schedule": "drop_and_grow",
             "growth": "gradient",
-            # Why it takes no ablation: the error message gives it.
-            "ablation_note": (
-                "its mask is never fixed at one step (it drops and regrows weights until "
-                "end, keeping the layer counts of its random start), so shuffle, reinit and "
-                "invert have no final mask to act on"
-            ),
+            "ablation_note": NO_FIXED_MASK,
         },
         ablations=(),
         reference=True,

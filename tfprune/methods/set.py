@@ -9,22 +9,22 @@ at zero with fresh optimizer slots. Layer counts never change. The updates are i
 
 from tfprune import registry
 
+# Shared with `rigl`, which differs only in how it grows.
+DROP_AND_GROW_OPTIONS = {"drop_fraction": 0.3, "every": 100, "end": 0.75, "distribution": "erk"}
+# Why a drop-and-grow method takes no ablation: the error message gives it.
+NO_FIXED_MASK = (
+    "its mask is never fixed at one step (it drops and regrows weights until end, keeping the "
+    "layer counts of its random start), so shuffle, reinit and invert have no final mask to "
+    "act on"
+)
+
 registry.register(
     registry.Method(
         name="set",
         kind=registry.DURING_TRAINING,
         summary="drop the lowest |θ|, regrow at random, from an ERK start (Mocanu et al., 2018)",
-        options={"drop_fraction": 0.3, "every": 100, "end": 0.75, "distribution": "erk"},
-        settings={
-            "schedule": "drop_and_grow",
-            "growth": "random",
-            # Why it takes no ablation: the error message gives it.
-            "ablation_note": (
-                "its mask is never fixed at one step (it drops and regrows weights until "
-                "end, keeping the layer counts of its random start), so shuffle, reinit and "
-                "invert have no final mask to act on"
-            ),
-        },
+        options=DROP_AND_GROW_OPTIONS,
+        settings={"schedule": "drop_and_grow", "growth": "random", "ablation_note": NO_FIXED_MASK},
         ablations=(),
         reference=True,
         style=registry.Style("set", "#996600", "<", 210),
