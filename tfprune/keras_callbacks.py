@@ -29,6 +29,7 @@ from tfprune.pruning import (
     needs_data,
     prune_with_report,
 )
+from tfprune.pruning.masks import checked_positions
 from tfprune.pruning.selection import check_density
 
 # prune()'s own keyword arguments (scope, allocation, seed, rounds, ablations, ...); every
@@ -235,15 +236,7 @@ def reset_optimizer_slots(
         raise ModelError("the model has no optimizer: compile it, or pass optimizer=")
     if positions is None:
         positions = {path: mask == 0 for path, mask in get_masks(model).items()}
-    trainable = {v.path: v for v in model.trainable_variables}
-    for path, where in positions.items():
-        if path not in trainable:
-            raise ConfigError(f"no trainable variable of the model has the path {path!r}")
-        if where is not None and np.shape(where) != tuple(trainable[path].shape):
-            raise ConfigError(
-                f"positions of shape {np.shape(where)} for {path}, whose shape is "
-                f"{tuple(trainable[path].shape)}"
-            )
+    trainable = checked_positions(model, positions)
     if not optimizer.built:
         return {}
     by_name: dict[str, list] = {}

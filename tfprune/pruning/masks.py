@@ -49,6 +49,25 @@ def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> Non
         weight.mask.assign(values[path].astype(weight.mask.dtype))
 
 
+def checked_positions(model: keras.layers.Layer, positions: dict) -> dict:
+    """`{path: trainable variable}` of `model`, after checking that every path of `positions`
+    (`{path: None or a boolean array of the variable's shape}`) names one.
+
+    Raises:
+        ConfigError: for a path that names no trainable variable, or an array of another shape.
+    """
+    trainable = {v.path: v for v in model.trainable_variables}
+    for path, where in positions.items():
+        if path not in trainable:
+            raise ConfigError(f"no trainable variable of the model has the path {path!r}")
+        if where is not None and np.shape(where) != tuple(trainable[path].shape):
+            raise ConfigError(
+                f"positions of shape {np.shape(where)} for {path}, whose shape is "
+                f"{tuple(trainable[path].shape)}"
+            )
+    return trainable
+
+
 def layer_densities(masks: dict[str, np.ndarray]) -> dict[str, float]:
     """Returns `{path: fraction of the kernel kept}`."""
     return {path: float(np.count_nonzero(m)) / m.size for path, m in masks.items()}

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfprune.errors import ConfigError, TrainingError
+from tfprune.pruning.masks import checked_positions
 from tfprune.training.callbacks import (
     Callback,
     Checkpointing,
@@ -305,17 +306,9 @@ class Trainer:
 
         >>> trainer.reset_optimizer_slots({"fc1/kernel": regrown})
         """
-        trainable = {v.path: v for v in self.model.trainable_variables}
         if positions is None:
-            positions = dict.fromkeys(trainable)
-        for path, where in positions.items():
-            if path not in trainable:
-                raise ConfigError(f"no trainable variable of the model has the path {path!r}")
-            if where is not None and np.shape(where) != tuple(trainable[path].shape):
-                raise ConfigError(
-                    f"positions of shape {np.shape(where)} for {path}, whose shape is "
-                    f"{tuple(trainable[path].shape)}"
-                )
+            positions = {v.path: None for v in self.model.trainable_variables}
+        trainable = checked_positions(self.model, positions)
         for path, where in positions.items():
             where = None if where is None else np.asarray(where, dtype=bool)
             self.optimizer.reset_slots(trainable[path], where)
