@@ -266,3 +266,11 @@ def test_the_registry_and_the_results_schema_import_no_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_method_has_its_own_colour_and_order():
+    entries = [registry.get(name) for name in registry.names()]
+    colours = [entry.style.color.lower() for entry in entries]
+    assert len(set(colours)) == len(colours), sorted(colours)
+    orders = [entry.style.order for entry in entries]
+    assert len(set(orders)) == len(orders), sorted(orders)

@@ -21,6 +21,6 @@ registry.register(
         options={"begin": 0.25, "end": 0.75, "every": 100, "scope": "global"},
         settings={"schedule": "cubic"},
         reference=True,
-        style=registry.Style("gmp", "#8c2d04", "d", 200),
+        style=registry.Style("gmp", "#4e342e", "H", 200),
     )
 )

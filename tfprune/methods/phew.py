@@ -19,6 +19,6 @@ registry.register(
             "budget is met (Patil and Dovrolis, ICML 2021)"
         ),
         ablations=("shuffle", "reinit"),
-        style=registry.Style("phew", "#6a1b9a", ">", 160),
+        style=registry.Style("phew", "#6a1b9a", "X", 160),
     )
 )

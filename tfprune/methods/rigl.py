@@ -22,6 +22,6 @@ registry.register(
         },
         ablations=(),
         reference=True,
-        style=registry.Style("rigl", "#00688b", ">", 220),
+        style=registry.Style("rigl", "#00688b", "x", 220),
     )
 )

@@ -27,6 +27,6 @@ registry.register(
         settings={"schedule": "drop_and_grow", "growth": "random", "ablation_note": NO_FIXED_MASK},
         ablations=(),
         reference=True,
-        style=registry.Style("set", "#996600", "<", 210),
+        style=registry.Style("set", "#37474f", "<", 210),
     )
 )

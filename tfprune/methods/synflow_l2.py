@@ -19,6 +19,6 @@ registry.register(
             "|w ⊙ ∂R/∂w|, R the output sum of the network with squared parameters on ones "
             "(Gebhart et al., 2021)"
         ),
-        style=registry.Style("synflow_l2", "#00695c", "<", 150),
+        style=registry.Style("synflow_l2", "#827717", "P", 150),
     )
 )
