@@ -68,24 +68,51 @@ def reinitialize(model: keras.Model, seed: int) -> list[str]:
         The paths of the variables that were redrawn.
     """
     rng = streams.generator(seed, "reinit")
-    redrawn, handled = [], set()
+    pairs, unknown = initialized_variables(model)
+    redrawn = []
+    for variable, initializer in pairs:
+        fresh = reseeded(initializer, int(rng.integers(2**31 - 1)))
+        variable.assign(fresh(tuple(variable.shape), dtype=variable.dtype))
+        redrawn.append(variable.path)
+    for variable in unknown:
+        logging.warning("reinit: no initializer known for %s; left unchanged", variable.path)
+    return redrawn
+
+
+def initialized_variables(model: keras.Model, skip=frozenset()) -> tuple[list, list]:
+    """The variables of `model` that a layer initializes, each with its initializer.
+
+    Args:
+        model: The model to look through (nested layers included).
+        skip: `id`s of variables to leave out of both lists.
+
+    Returns:
+        `(pairs, unknown)`: `[(variable, initializer)]` in the order of Keras' layer traversal
+        (each variable once), and the other variables, masks and seed-generator states
+        excepted, in the order of `model.variables`, for which no initializer is known.
+    """
+    pairs, handled = [], set(skip)
     for layer in all_layers(model, include_self=False):
         for variable_name, initializer_name in _INITIALIZED:
             variable = getattr(layer, variable_name, None)
             initializer = getattr(layer, initializer_name, None)
             if not isinstance(variable, keras.Variable) or initializer is None:
                 continue
-            fresh = _reseeded(initializer, int(rng.integers(2**31 - 1)))
-            variable.assign(fresh(tuple(variable.shape), dtype=variable.dtype))
-            redrawn.append(variable.path)
+            if id(variable) in handled:
+                continue
             handled.add(id(variable))
-    for variable in model.variables:
-        if id(variable) not in handled and not variable.path.endswith(_NOT_REINITIALIZED):
-            logging.warning("reinit: no initializer known for %s; left unchanged", variable.path)
-    return redrawn
+            pairs.append((variable, initializer))
+    unknown = [
+        variable
+        for variable in model.variables
+        if id(variable) not in handled and not variable.path.endswith(_NOT_REINITIALIZED)
+    ]
+    return pairs, unknown
 
 
-def _reseeded(initializer, seed: int):
+def reseeded(initializer, seed: int):
+    """A copy of `initializer` (anything `keras.initializers.get` takes) drawing from `seed`;
+    an initializer without a seed (constants) is copied as it is."""
     config = keras.initializers.serialize(keras.initializers.get(initializer))
     if isinstance(config, dict) and "seed" in config.get("config", {}):
         config["config"]["seed"] = seed

@@ -47,7 +47,7 @@ from absl import logging
 
 from tfprune._keras_compat import all_layers, is_functional
 from tfprune.errors import ConfigError, ModelError
-from tfprune.pruning.ablations import _INITIALIZED, _NOT_REINITIALIZED, _reseeded
+from tfprune.pruning.ablations import initialized_variables, reseeded
 from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
@@ -182,7 +182,7 @@ class NtkSapScorer(Scorer):
 
 
 def _drawn(initializer, seed: int, variable: keras.Variable) -> np.ndarray:
-    fresh = _reseeded(initializer, seed)
+    fresh = reseeded(initializer, seed)
     return keras.ops.convert_to_numpy(fresh(tuple(variable.shape), dtype=variable.dtype))
 
 
@@ -325,23 +325,12 @@ def _initialized(model, held: set[int]) -> list[tuple[keras.Variable, object]]:
     """`(variable, initializer)` of every variable a layer of `model` initializes, except the
     statistics `held`, in the order of `model.variables` (which does not depend on how the
     layers nest); other variables keep their values in every sample (warned about)."""
-    pairs, handled = [], set(held)
-    for layer in all_layers(model, include_self=False):
-        for variable_name, initializer_name in _INITIALIZED:
-            variable = getattr(layer, variable_name, None)
-            initializer = getattr(layer, initializer_name, None)
-            if not isinstance(variable, keras.Variable) or initializer is None:
-                continue
-            if id(variable) in handled:
-                continue
-            handled.add(id(variable))
-            pairs.append((variable, initializer))
-    for variable in model.variables:
-        if id(variable) not in handled and not variable.path.endswith(_NOT_REINITIALIZED):
-            logging.warning(
-                "ntk_sap: no initializer known for %s; every sample uses its current value",
-                variable.path,
-            )
+    pairs, unknown = initialized_variables(model, skip=held)
+    for variable in unknown:
+        logging.warning(
+            "ntk_sap: no initializer known for %s; every sample uses its current value",
+            variable.path,
+        )
     position = {id(v): i for i, v in enumerate(model.variables)}
     return sorted(pairs, key=lambda pair: position[id(pair[0])])
 
