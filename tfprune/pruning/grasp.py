@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfprune._keras_compat import exact_batch_moments
-from tfprune.errors import ConfigError
 from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
     kernel_positions,
+    positive_number,
     stateless_outputs,
     unwrapped_errors,
     variable_values,
@@ -64,14 +61,7 @@ class GraspScorer(Scorer):
     default_loss_options = {"temperature": 1.0, "from_logits": True}
 
     def __init__(self, temperature: float = 200.0, from_logits: bool = True):
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, numbers.Real)
-            or not math.isfinite(temperature)
-            or temperature <= 0
-        ):
-            raise ConfigError(f"grasp temperature must be a positive number, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = positive_number(temperature, "grasp temperature")
         self.from_logits = bool(from_logits)
 
     def __call__(self, model, weights, batches, rng):

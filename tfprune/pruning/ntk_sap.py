@@ -37,7 +37,6 @@ switches the network to train mode only at the end of the first sample, with
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 
 import keras
@@ -52,6 +51,7 @@ from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
     kernel_positions,
+    positive_number,
     stateless_outputs,
     unwrapped_errors,
     variable_values,
@@ -110,13 +110,7 @@ class NtkSapScorer(Scorer):
     input_shape = None
 
     def __init__(self, epsilon: float = 0.01, samples: int = 5, input_batch: int = 100):
-        if (
-            isinstance(epsilon, bool)
-            or not isinstance(epsilon, numbers.Real)
-            or not math.isfinite(epsilon)
-            or epsilon <= 0
-        ):
-            raise ConfigError(f"ntk_sap's epsilon must be a positive number, got {epsilon!r}")
+        epsilon = positive_number(epsilon, "ntk_sap's epsilon")
         for name, value in (("samples", samples), ("input_batch", input_batch)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ConfigError(f"ntk_sap's {name} must be a positive integer, got {value!r}")

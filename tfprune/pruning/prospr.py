@@ -3,7 +3,6 @@ keep-score |∂L_M(θ_M)/∂c| at c = 1, differentiated through M steps of SGD (
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import keras
@@ -17,6 +16,7 @@ from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
     kernel_positions,
+    positive_number,
     stateless_outputs,
     unwrapped_errors,
     variable_values,
@@ -90,15 +90,7 @@ class ProsprScorer(Scorer):
     ):
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
             raise ConfigError(f"prospr steps must be a non-negative integer, got {steps!r}")
-        if (
-            isinstance(learning_rate, bool)
-            or not isinstance(learning_rate, numbers.Real)
-            or not math.isfinite(learning_rate)
-            or learning_rate <= 0
-        ):
-            raise ConfigError(
-                f"prospr learning_rate must be a positive number, got {learning_rate!r}"
-            )
+        learning_rate = positive_number(learning_rate, "prospr learning_rate")
         if inner_batches not in INNER_BATCHES:
             raise ConfigError(
                 f"prospr inner_batches must be one of {', '.join(map(repr, INNER_BATCHES))}, "

@@ -10,6 +10,8 @@ Selection, rounds and masks are shared and live elsewhere.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import weakref
 from collections.abc import Iterator
 
@@ -23,6 +25,22 @@ from tfprune.errors import ConfigError, DataError, TfpruneError
 from tfprune.layers import PrunableWeight
 from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.registry import Scorer, register_scorer  # noqa: F401  re-exported
+
+
+def positive_number(value, what: str) -> float:
+    """`value` as a float, checked to be a finite real number above 0 (not a bool).
+
+    Raises:
+        ConfigError: "<what> must be a positive number, got <value>".
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def scorer_names() -> list[str]:
