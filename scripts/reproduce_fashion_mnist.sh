@@ -22,7 +22,9 @@
 #      training and lottery tickets. new-mlp: LeNet-300-100 at 10.7%, 2.81% and 0.738% with
 #      none/shuffle/reinit, seeds 0, 1, 2, 5 epochs (the sweep skips the cells an ablation does
 #      not apply to, such as shuffled SET or RigL, and says so); new-conv: ResNet-20 on the short
-#      schedule at 2.81%, none and shuffle, seeds 0, 1, 2.
+#      schedule at 2.81%, none and shuffle, seeds 0, 1, 2, beside random, SNIP and magnitude
+#      after training (lottery tickets at 2.81% are level 16 of iterative pruning, 16 trainings
+#      per seed: the conv grid has them on the same configuration).
 # Re-running resumes: finished cells are kept. JOBS (default 2) cells run at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,7 +95,7 @@ new_mlp() {
 new_conv() {
   local out="$ROOT/fashion_mnist-resnet20-new"
   "$PYTHON" -m tfprune.sweep --output_dir="$out" --jobs="$JOBS" \
-    --gin_file="$RESNET20_SHORT" --methods="$NEW_METHODS,$NEW_REFERENCES" \
+    --gin_file="$RESNET20_SHORT" --methods="$NEW_METHODS,random,snip,magnitude_after_training" \
     --densities=0.8^16 --ablations=none,shuffle --seeds=0,1,2
   "$PYTHON" -m tfprune.report "$out"
 }
