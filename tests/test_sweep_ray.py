@@ -194,18 +194,19 @@ def test_the_cells_in_flight_are_bounded_by_jobs_and_by_what_the_nodes_hold(tmp_
     assert caplog.text.count("no live node of the Ray cluster has the resources") == 1
 
 
-def test_an_attempt_runs_the_cells_command_once_no_one_holds_its_run_directory(tmp_path):
+def test_an_attempt_runs_the_cells_command_once_no_one_holds_its_run_directory(
+    tmp_path, monkeypatch
+):
     run_dir = tmp_path / "runs" / "x"
     run_dir.mkdir(parents=True)
-    job = CellJob(
-        name="x",
-        relative="runs/x",
-        run_dir=str(run_dir),
-        log_path=str(tmp_path / "logs" / "x.log"),
-        arguments=("-c", "import sys; print('ran'); sys.exit(3)"),
-    )
+    log = tmp_path / "logs" / "x.log"
+    script = "import os, sys; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES'))); sys.exit(3)"
+    job = CellJob("x", "runs/x", str(run_dir), str(log), ("-c", script))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # the GPU Ray gave the task
+    # A cell that holds no GPU is shown none; one that holds some, those Ray gave it.
     assert attempt(job, claim_wait=0.0) == Outcome(3, None)
-    assert (tmp_path / "logs" / "x.log").read_text() == "ran\n"
+    assert attempt(job, claim_wait=0.0, gpus=1) == Outcome(3, None)
+    assert log.read_text() == "''\n'3'\n"
     with open(run_dir / ".tfprune.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # an earlier attempt's process, still running
         lock.write("4242 node7\n")
@@ -213,7 +214,7 @@ def test_an_attempt_runs_the_cells_command_once_no_one_holds_its_run_directory(t
         held = attempt(job, claim_wait=0.0)
     assert (held.code, held.results, held.finished) == (None, None, False)
     assert held.reason.startswith(f"{run_dir} is still held by pid 4242 on node7 after 0s")
-    assert (tmp_path / "logs" / "x.log").read_text() == "ran\n"  # not run again
+    assert log.read_text() == "''\n'3'\n"  # not run again
 
 
 # --- the flags ----------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def _unwatched(process):
     yield
 
 
-def run_cell(job: CellJob, watch=_unwatched) -> Outcome:
+def run_cell(job: CellJob, watch=_unwatched, env: dict | None = None) -> Outcome:
     """Runs the cell's `tfprune.train` process to its end, its output appended to its log.
 
     The process stops with a checkpoint if this process dies (see `tfprune.cli.die_with_parent`)
@@ -136,15 +136,16 @@ def run_cell(job: CellJob, watch=_unwatched) -> Outcome:
         job: The cell.
         watch: A context manager factory that holds the process while it runs (the local
             executor keeps it, to stop it).
+        env: Environment variables set for the process, beyond this process's own.
 
     Returns:
         Its `Outcome`, with the run's `results.json` read back.
     """
     os.makedirs(os.path.dirname(job.log_path), exist_ok=True)
     with open(job.log_path, "a") as log:
-        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+        environment = dict(os.environ, **(env or {}), **{PARENT_PID_ENV: str(os.getpid())})
         command = [sys.executable, *job.arguments]
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         with watch(process):
             try:
                 code = process.wait()

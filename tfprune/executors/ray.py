@@ -17,6 +17,8 @@ import collections
 import logging as std_logging
 import math
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -46,10 +48,14 @@ def import_ray():
     return ray
 
 
-def attempt(job: CellJob, claim_wait: float = CLAIM_WAIT_SECONDS) -> Outcome:
+def attempt(job: CellJob, claim_wait: float = CLAIM_WAIT_SECONDS, gpus: float = 0) -> Outcome:
     """One attempt at a cell, on the node that runs it: once no earlier attempt holds the run
     directory (`tfprune.rundir.wait_until_unclaimed`), runs the cell's `tfprune.train`, which
-    resumes from the last checkpoint an earlier attempt left."""
+    resumes from the last checkpoint an earlier attempt left.
+
+    Ray shows a task the GPUs it holds; one that holds none (`gpus` 0) would see all of its
+    node's, which other cells hold: it is shown none.
+    """
     holder = wait_until_unclaimed(job.run_dir, claim_wait)
     if holder is not None:
         return Outcome(
@@ -58,7 +64,7 @@ def attempt(job: CellJob, claim_wait: float = CLAIM_WAIT_SECONDS) -> Outcome:
             f"{job.run_dir} is still held by {holder} after {claim_wait:g}s; if that process is "
             f"gone for good, delete {os.path.join(job.run_dir, '.tfprune.lock')}",
         )
-    return run_cell(job)
+    return run_cell(job, env=None if gpus else {"CUDA_VISIBLE_DEVICES": ""})
 
 
 class CellLost(Exception):
@@ -79,6 +85,8 @@ class RayTasks:
 
     def __init__(self, address: str | None, cell_cpus: float, cell_gpus: float):
         self.ray = import_ray()
+        # ray.init makes SIGTERM exit at once; the sweep's handler stops its cells first.
+        handler = signal.getsignal(signal.SIGTERM)
         try:
             self.ray.init(
                 address=address or "local",
@@ -90,6 +98,9 @@ class RayTasks:
             where = f"at {address}" if address else "on this machine"
             reason = " ".join(str(error).split())[:300]
             raise ConfigError(f"cannot connect to a Ray cluster {where}: {reason}") from None
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
         self.cell_cpus, self.cell_gpus = cell_cpus, cell_gpus
         # Retries are the driver's, so that it counts them and names each failure.
         self.remote = self.ray.remote(attempt).options(
@@ -98,7 +109,7 @@ class RayTasks:
 
     def submit(self, job: CellJob):
         """Starts an attempt at `job`; returns its handle."""
-        return self.remote.remote(job)
+        return self.remote.remote(job, gpus=self.cell_gpus)
 
     def wait(self, handles: list, timeout: float) -> list:
         """The handles of the attempts that have ended, after `timeout` seconds at most."""
