@@ -4,6 +4,7 @@ cluster of two nodes on this machine, one of which dies in the middle of a sweep
 
 from __future__ import annotations
 
+import _thread
 import dataclasses
 import fcntl
 import json
@@ -14,13 +15,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import _procs
 import pytest
 
 from tfprune.errors import ConfigError
-from tfprune.executors.base import CellJob, Outcome, cell_name, read_rows
+from tfprune.executors.base import CellJob, Outcome, cell_name, read_rows, run_cell
 from tfprune.executors.ray import CellLost, RayExecutor, attempt
 from tfprune.sweep import parse_shard, slurm_shard
 
@@ -215,6 +217,32 @@ def test_an_attempt_runs_the_cells_command_once_no_one_holds_its_run_directory(
     assert (held.code, held.results, held.finished) == (None, None, False)
     assert held.reason.startswith(f"{run_dir} is still held by pid 4242 on node7 after 0s")
     assert log.read_text() == "''\n'3'\n"  # not run again
+
+
+def test_an_interrupted_attempt_stops_its_cell_with_sigterm(tmp_path):
+    # How Ray cancels a running task: KeyboardInterrupt in the thread that runs it.
+    script = (
+        "import signal, sys, time\n"
+        "stop = lambda *a: (print('checkpoint, then stop'), sys.exit(143))\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('training', flush=True)\n"
+        "time.sleep(60)\n"
+        "print('finished')\n"
+    )
+    log = tmp_path / "x.log"
+    job = CellJob("x", "runs/x", str(tmp_path / "x"), str(log), ("-c", script))
+    timer = threading.Thread(target=lambda: _interrupt_when(log, "training"), daemon=True)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(job)
+    timer.join()
+    assert log.read_text() == "training\ncheckpoint, then stop\n"
+
+
+def _interrupt_when(path, text):
+    while not (path.exists() and text in path.read_text()):
+        time.sleep(0.05)
+    _thread.interrupt_main()
 
 
 # --- the flags ----------------------------------------------------------------------------------

@@ -148,12 +148,22 @@ def run_cell(job: CellJob, watch=_unwatched, env: dict | None = None) -> Outcome
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         with watch(process):
             try:
-                code = process.wait()
+                code = _wait(process)
             except BaseException:
                 process.send_signal(signal.SIGTERM)
                 process.wait()
                 raise
     return Outcome(code, read_results(job.run_dir))
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """`process.wait()` in short waits: an interruption of this thread (Ray cancels a task
+    with one) is then noticed within a second, not when the process ends."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def result_row(results: dict, run_dir: str) -> dict:
