@@ -274,7 +274,9 @@ def _one_line_error(done) -> str:
         (["--executor=ray", "--cell_gpus=nan"], "--cell_gpus must be a number >= 0, got nan"),
         (["--executor=ray", "--retries=-1"], "--retries must be an integer >= 0, got -1"),
         (["--executor=ray", "--shard=0/2"], "with --executor=ray one process runs every cell"),
-        (["--executor=ray", "--ray_address= "], "--ray_address is empty"),
+        (["--executor=ray", "--ray_address= "], "--ray_address must be auto or HOST:PORT"),
+        (["--executor=ray", "--ray_address=head:x"], "--ray_address must be auto or HOST:PORT"),
+        (["--executor=ray", "--ray_address=head"], "--ray_address must be auto or HOST:PORT"),
         (["--ray_address=auto", "--retries=3"], "--ray_address, --retries are for --executor=ray"),
         (["--executor=ray", "--jobs=0"], "--jobs must be a positive integer, got 0"),
         (["--executor=slurm"], "--executor=slurm: value should be one of <local|ray>"),
@@ -297,6 +299,25 @@ def test_the_ray_executor_without_ray_says_what_to_install(tmp_path):
     )
     assert "install tfprune[ray]" in _one_line_error(done)
     assert not (tmp_path / "D").exists()
+
+
+def test_a_cluster_that_does_not_answer_is_named_in_one_line(tmp_path):
+    port = _free_port()  # nothing listens on it
+    done = _sweep(
+        *TINY,
+        "--methods=snip",
+        f"--output_dir={tmp_path / 'D'}",
+        "--executor=ray",
+        f"--ray_address=127.0.0.1:{port}",
+    )
+    # After the line that counts the cells to run: the error, in one line.
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"tfprune.sweep: error: cannot reach the Ray cluster at 127.0.0.1:{port} "
+        "(Connection refused)"
+    )
+    assert not (tmp_path / "D" / "runs" / A / "config.json").exists()
 
 
 # --- --shard=auto in a Slurm job array ----------------------------------------------------------

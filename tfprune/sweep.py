@@ -363,10 +363,10 @@ def check_executor_flags() -> None:
             "--shard splits a sweep among several processes; with --executor=ray one process "
             "runs every cell on the cluster: leave --shard out"
         )
-    if RAY_ADDRESS.value is not None and not RAY_ADDRESS.value.strip():
-        raise ConfigError("--ray_address is empty: give auto or HOST:PORT, or leave it out")
-    from tfprune.executors.ray import import_ray
+    from tfprune.executors.ray import import_ray, parse_address
 
+    if RAY_ADDRESS.value is not None and RAY_ADDRESS.value.strip() != "auto":
+        parse_address(RAY_ADDRESS.value)
     import_ray()
 
 

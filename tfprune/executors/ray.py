@@ -18,6 +18,7 @@ import logging as std_logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -85,6 +86,8 @@ class RayTasks:
 
     def __init__(self, address: str | None, cell_cpus: float, cell_gpus: float):
         self.ray = import_ray()
+        if address and address != "auto":
+            _check_reachable(address)
         # ray.init makes SIGTERM exit at once; the sweep's handler stops its cells first.
         handler = signal.getsignal(signal.SIGTERM)
         try:
@@ -154,6 +157,34 @@ class RayTasks:
     def close(self) -> None:
         """Disconnects from the cluster (and stops the instance it started, if it did)."""
         self.ray.shutdown()
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`(host, port)` of a Ray cluster's address `HOST:PORT`.
+
+    Raises:
+        ConfigError: if it is not of that form.
+    """
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"--ray_address must be auto or HOST:PORT (the head's address), got {address!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Raises ConfigError unless the head at `address` answers: Ray itself would wait for it
+    without end."""
+    host, port = parse_address(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({reason}): start its head "
+            "(ray start --head) or give the address it printed"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
