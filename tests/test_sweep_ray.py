@@ -397,40 +397,60 @@ class Cluster:
     def __init__(self):
         # Short: Ray's socket paths live under it.
         self.temp = tempfile.mkdtemp(prefix="tfr-", dir="/tmp")
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.port, self.address = 0, ""  # see `head`
         self.groups: dict[str, int] = {}
         self.env = dict(
             _procs.ENV,
             PYTHONPATH=os.pathsep.join(filter(None, [_procs.ROOT, os.environ.get("PYTHONPATH")])),
             RAY_USAGE_STATS_ENABLED="0",
+            # Not the token of ~/.ray, which a Ray instance started on this machine may leave.
+            RAY_AUTH_MODE="disabled",
             # A busy machine starts a node's agents slowly; a dead node is found in seconds.
             RAY_agent_register_timeout_ms="180000",
             RAY_health_check_period_ms="1000",
             RAY_health_check_failure_threshold="3",
         )
 
-    def start(self, name: str, *args: str) -> None:
+    def start(self, name: str, arguments) -> None:
+        """Starts a node with `ray start <arguments()>`; again, with new arguments, if it fails
+        (`ray start` gives a node 30 s to register, which a busy machine may not manage)."""
         ray = os.path.join(os.path.dirname(sys.executable), "ray")
-        common = [
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=1",
-            "--object-store-memory=80000000",
-            "--disable-usage-stats",
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
+        for _ in range(3):
+            common = [
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=1",
+                "--object-store-memory=80000000",
+                "--disable-usage-stats",
+                f"--node-manager-port={_free_port()}",
+                f"--object-manager-port={_free_port()}",
+            ]
+            process = subprocess.Popen(
+                [ray, "start", *arguments(), *common],
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            self.groups[name] = process.pid  # its daemons stay in its process group
+            output, _ = process.communicate(timeout=300)
+            if process.returncode == 0:
+                return
+            self.kill(name)
+        raise AssertionError(f"ray start failed 3 times: {output[-3000:]}")
+
+    def head(self) -> list[str]:
+        """The arguments of `ray start` for the head, on a port of its own."""
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        return [
+            "--head",
+            f"--port={self.port}",
+            f"--temp-dir={self.temp}",
+            "--include-dashboard=false",
+            f"--dashboard-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
         ]
-        process = subprocess.Popen(
-            [ray, "start", *args, *common],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.groups[name] = process.pid  # its daemons stay in its process group
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output[-3000:]
 
     def kill(self, name: str) -> None:
         """Kills every process of a node at once, as a machine dying does."""
@@ -475,24 +495,20 @@ class Cluster:
 def cluster():
     cluster = Cluster()
     try:
-        cluster.start(
-            "head",
-            "--head",
-            f"--port={cluster.port}",
-            f"--temp-dir={cluster.temp}",
-            "--include-dashboard=false",
-            f"--dashboard-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-        )
-        cluster.start("worker", f"--address={cluster.address}")
+        cluster.start("head", cluster.head)
+        cluster.start("worker", lambda: [f"--address={cluster.address}"])
         yield cluster
     finally:
         cluster.stop()
 
 
 @pytest.mark.slow
-def test_on_a_cluster_a_cell_that_fails_every_time_is_reported_failed(cluster, tmp_path):
+def test_on_a_cluster_a_cell_that_fails_every_time_is_reported_failed(
+    cluster, tmp_path, monkeypatch
+):
     from tfprune.executors.ray import RayTasks
+
+    monkeypatch.setenv("RAY_AUTH_MODE", cluster.env["RAY_AUTH_MODE"])
 
     grid = GRID[:1]
     executor = RayExecutor(
@@ -516,6 +532,8 @@ def test_a_sweep_on_a_cluster_survives_the_death_of_a_node(cluster, tmp_path):
     out = tmp_path / "D"
     args = [
         *TINY,
+        # Long enough (15 epochs of 2 iterations) that the node dies while its cell trains.
+        "--gin_bindings=training.steps = 30",
         "--methods=snip,random",
         "--densities=0.1,0.05",
         "--seeds=0",
@@ -526,7 +544,9 @@ def test_a_sweep_on_a_cluster_survives_the_death_of_a_node(cluster, tmp_path):
     ]
     names = [cell_name(cell) for cell in GRID] + ["random-none-d0.05-s0"]
     with open(tmp_path / "sweep.err", "w") as err:
-        sweep = _procs.start("tfprune.sweep", *args, stdout=subprocess.PIPE, stderr=err)
+        sweep = _procs.start(
+            "tfprune.sweep", *args, stdout=subprocess.PIPE, stderr=err, env=cluster.env
+        )
         try:
             # Once a cell trains on the worker node and holds its run directory, the node dies.
             deadline = time.time() + 300
@@ -555,10 +575,10 @@ def test_a_sweep_on_a_cluster_survives_the_death_of_a_node(cluster, tmp_path):
         run_dir = out / "runs" / name
         for part in ("config.json", "results.json", "masks.npz", "model.keras"):
             assert (run_dir / part).is_file(), f"{name} lacks {part}"
-        assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1
+        assert json.loads((run_dir / "results.json").read_text())["epochs"] == 15
     table = (out / "results.csv").read_bytes()
     # The same command again: every cell is finished already, and the table is unchanged.
-    again = _sweep(*args)
+    again = _sweep(*args, env=cluster.env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 cells, 4 finished already, 0 to run" in again.stderr
     assert "4/4 cells done, 0 failed" in again.stdout
