@@ -122,7 +122,8 @@ class RayTasks:
         return ready
 
     def outcome(self, handle) -> Outcome:
-        """The `Outcome` of an attempt that has ended.
+        """The `Outcome` of an attempt that has ended (if the attempt raised an exception on its
+        node, one that names it).
 
         Raises:
             CellLost: if it ended without one (its worker or node died, Ray failed it).
@@ -131,7 +132,7 @@ class RayTasks:
             return self.ray.get(handle)
         except self.ray.exceptions.RayTaskError as error:
             cause = error.cause if error.cause is not None else error
-            raise CellLost(f"{type(cause).__name__}: {_first_line(cause)}") from None
+            return Outcome(None, None, f"{type(cause).__name__}: {_first_line(cause)}")
         except self.ray.exceptions.RayError as error:
             raise CellLost(f"{type(error).__name__}: {_first_line(error)}") from None
 
