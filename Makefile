@@ -20,7 +20,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade -c constraints.txt pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plot]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,plot,ray]"
 	touch $(STAMP)
 
 # Rewrites constraints.txt from a fresh environment holding the newest releases that the bounds
@@ -30,9 +30,9 @@ constraints:
 	rm -rf $(CONSTRAINTS_VENV)
 	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet ".[test,plot]"
+	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet ".[test,plot,ray]"
 	{ \
-		echo "# The exact versions of a working environment of tfprune[test,plot]: \`make\` installs"; \
+		echo "# The exact versions of a working environment of tfprune[test,plot,ray]: \`make\` installs"; \
 		echo "# with them (-c constraints.txt). Written by \`make constraints\` on $$($(CONSTRAINTS_VENV)/bin/python -V)."; \
 		$(CONSTRAINTS_VENV)/bin/python -m pip freeze --all --exclude tfprune; \
 	} > constraints.txt.tmp

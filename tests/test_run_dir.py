@@ -4,8 +4,11 @@ a full disk and a read-only directory. Each ends in the right behaviour or one c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
+import socket
 import subprocess
 import tempfile
 
@@ -13,6 +16,7 @@ import _procs
 import pytest
 
 from tfprune.errors import OutputError
+from tfprune.rundir import claim_holder, wait_until_unclaimed
 from tfprune.runner import claim_output_dir, prepare_output_dir
 
 TINY = [
@@ -60,17 +64,57 @@ def _config(density: float) -> dict:
 def test_a_second_process_in_the_same_run_directory_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     with claim_output_dir(str(run_dir), _config(0.1), overwrite=False):
-        busy = f"another process \\(pid {os.getpid()}\\) is running"
+        holder = f"pid {os.getpid()} on {socket.gethostname()}"
+        assert claim_holder(str(run_dir)) == holder
+        busy = re.escape(f"another process ({holder}) is running")
         with pytest.raises(OutputError, match=busy):
             with claim_output_dir(str(run_dir), _config(0.1), overwrite=False):
                 pass
         refused = _train(run_dir)
         # The holder's claim comes first, whatever the configuration.
-        assert f"another process (pid {os.getpid()}) is running in {run_dir}" in _last_line(refused)
+        assert f"another process ({holder}) is running in {run_dir}" in _last_line(refused)
         assert not (run_dir / "checkpoints").exists()
     # Once the holder is gone, the directory can be claimed again.
+    assert claim_holder(str(run_dir)) is None
     with claim_output_dir(str(run_dir), _config(0.1), overwrite=False):
         pass
+
+
+def test_waiting_for_a_claimed_run_directory_ends_when_its_holder_lets_go_or_at_the_timeout(
+    tmp_path,
+):
+    run_dir = tmp_path / "run"
+    assert wait_until_unclaimed(str(run_dir), timeout=0.0) is None  # no directory yet
+    run_dir.mkdir()
+    now, slept = [0.0], []
+    with open(run_dir / ".tfprune.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held as a run on another machine holds it
+        lock.write("4242 node7\n")
+        lock.flush()
+
+        def sleep(seconds):
+            slept.append(seconds)
+            now[0] += seconds
+
+        # Held all along: the holder is returned once the 5 s have passed, after 5 polls.
+        assert wait_until_unclaimed(str(run_dir), 5.0, clock=lambda: now[0], sleep=sleep) == (
+            "pid 4242 on node7"
+        )
+        assert slept == [1.0] * 5
+
+        def let_go_at_the_third(seconds):
+            sleep(seconds)
+            if len(slept) == 5 + 3:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+        # Let go during the wait: it returns at the next poll.
+        assert (
+            wait_until_unclaimed(
+                str(run_dir), 60.0, clock=lambda: now[0], sleep=let_go_at_the_third
+            )
+            is None
+        )
+        assert slept == [1.0] * 8
 
 
 def test_overwrite_under_the_claim_keeps_the_lock_and_empties_the_rest(tmp_path):

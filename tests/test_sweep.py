@@ -14,19 +14,16 @@ import _procs
 import pytest
 
 from tfprune.errors import ConfigError
+from tfprune.executors.base import append_row, cell_name, read_rows
+from tfprune.executors.monitor import CellMonitor, latest_progress
+from tfprune.results import COLUMNS
 from tfprune.sweep import (
-    COLUMNS,
-    CellMonitor,
-    append_row,
-    cell_name,
     cells,
-    latest_progress,
     parse_ablation_sets,
     parse_densities,
     parse_methods,
     parse_seeds,
     parse_shard,
-    read_rows,
 )
 from tfprune.training import format_progress_line, parse_progress_line
 

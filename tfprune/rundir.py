@@ -14,7 +14,9 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 
 from absl import logging
 
@@ -159,21 +161,74 @@ def claim_output_dir(output_dir: str, config: dict, overwrite: bool):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
             raise OutputError(
-                f"another process (pid {holder}) is running in {output_dir}: wait for it to end, "
-                "or choose another output directory"
+                f"another process ({_holder(handle)}) is running in {output_dir}: wait for it to "
+                "end, or choose another output directory"
             ) from None
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"{os.getpid()}\n")
+            # The host too: on a cluster, the run directory is shared by several machines.
+            handle.write(f"{os.getpid()} {socket.gethostname()}\n")
             handle.flush()
             prepare_output_dir(output_dir, config, overwrite)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_holder(output_dir: str) -> str | None:
+    """Who holds the run directory (`claim_output_dir`), as `pid 18312 on node7`; None if no
+    process holds it."""
+    path = os.path.join(output_dir, LOCK_NAME)
+    if not os.path.exists(path):
+        return None
+    # Opened for writing: network file systems lock a file exclusively only so.
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(handle)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def wait_until_unclaimed(
+    output_dir: str, timeout: float, poll: float = 1.0, clock=time.monotonic, sleep=time.sleep
+) -> str | None:
+    """Waits until no process holds the run directory, for `timeout` seconds at most.
+
+    A run cut short on a machine that died may hold its run directory a while longer: its
+    process, told that it lost its parent, writes a checkpoint first; a network file system
+    releases the locks of a machine it lost when that machine's lease ends (NFSv4: 90 s by
+    default). The lock is never taken from a process that holds it.
+
+    Returns:
+        None once no process holds it; the holder (`claim_holder`) if one still does after
+        `timeout` seconds.
+
+    Example:
+
+    >>> wait_until_unclaimed("runs/snip-none-d0.1-s0", timeout=300.0) is None
+    True
+    """
+    deadline = clock() + timeout
+    holder = claim_holder(output_dir)
+    if holder is not None:
+        logging.info("%s is held by %s: waiting up to %gs for it", output_dir, holder, timeout)
+    while holder is not None and clock() < deadline:
+        sleep(poll)
+        holder = claim_holder(output_dir)
+    return holder
+
+
+def _holder(handle) -> str:
+    """The holder that a run directory's lock file names: `pid <pid> on <host>`."""
+    handle.seek(0)
+    words = handle.read().split()
+    if not words:
+        return "pid unknown"
+    return f"pid {words[0]}" + (f" on {words[1]}" if len(words) > 1 else "")
 
 
 def _check_usable(output_dir: str) -> None:

@@ -3,16 +3,25 @@
     python -m tfprune.sweep --gin_file=gin_configs/default.gin \\
         --methods=snip,grasp,lottery --densities=0.8^5:0.8^20 \\
         --ablations=none,shuffle,reinit,invert --seeds=0,1,2 --output_dir=D \\
-        [--gin_bindings=...] [--jobs=N] [--shard=i/N]
+        [--gin_bindings=...] [--jobs=N] [--shard=i/N|auto]
+        [--executor=ray [--ray_address=auto|HOST:PORT] [--cell_cpus=1] [--cell_gpus=0]
+         [--retries=2]]
 
 Every cell (method × density × ablations × seed) runs `python -m tfprune.train` in a
 subprocess into `D/runs/<method>-<ablations>-d<density>-s<seed>/`, so a crash or a kill of one
 cell never takes the sweep down and a finished cell is never run again. When a cell finishes,
-one row is added to `D/results.csv` (columns in `COLUMNS`) under a file lock, so concurrent
-shards (`--shard=i/N`, for array jobs on a cluster sharing D) never clobber or duplicate rows.
-Re-running the same command resumes: finished cells are skipped, interrupted ones resume from
-their checkpoints. Runs shared between cells (the dense training and lottery levels of the
-after-training baselines) live in `D/_shared/`.
+one row is added to `D/results.csv` (columns in `tfprune.results.COLUMNS`). Re-running the same
+command resumes: finished cells are skipped, interrupted ones resume from their checkpoints.
+Runs shared between cells (the dense training and lottery levels of the after-training
+baselines) live in `D/_shared/`.
+
+How the cells run is the executor's (`tfprune/executors/`; docs/CLUSTER.md for clusters):
+- `--executor=local` (the default): subprocesses of this machine, `--jobs` at a time. Rows are
+  added under a file lock, so concurrent shards (`--shard=i/N`, or `--shard=auto` in a Slurm job
+  array, sharing D) never clobber or duplicate rows.
+- `--executor=ray`: each cell a task of a Ray cluster, holding `--cell_cpus` and `--cell_gpus`;
+  a failed or lost attempt is run again up to `--retries` times. This process alone writes
+  `results.csv`. D and the gin files must be on a file system every node shares.
 
 Densities: a comma-separated list of numbers, powers `0.8^5`, and ranges `0.8^5:0.8^20`
 (every integer exponent) or `0.8^5:0.8^20:3` (every third). Ablations: `none`, a name, or names
@@ -25,30 +34,22 @@ training writes to `D/logs/<cell>.log`; a line follows each finished cell, with 
 
 from __future__ import annotations
 
-import concurrent.futures
-import csv
 import dataclasses
-import io
 import itertools
 import math
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 from absl import app, flags, logging
 
 from tfprune import registry
-from tfprune._io import atomic_path, write_text
 from tfprune.cli import (
     GIN_BINDINGS,
     GIN_FILES,
     OUTPUT_DIR,
-    PARENT_PID_ENV,
     ablations_configurable,
     check_gin_files,
     experiment_configurable,
@@ -59,20 +60,52 @@ from tfprune.cli import (
     training_configurable,
 )
 from tfprune.errors import ConfigError, OutputError, TfpruneError
+from tfprune.executors.base import cell_name
+from tfprune.executors.local import LocalExecutor
 from tfprune.experiment import check
 from tfprune.methods.lottery import DEFAULT_RATE, lottery_level
 from tfprune.pruning.selection import check_density
 from tfprune.registry import check_ablations
-from tfprune.results import COLUMNS, RunSummary, TableError, describe, read_table
-from tfprune.rundir import locked, read_results
-from tfprune.training import parse_progress_line
 
 METHODS = flags.DEFINE_string("methods", None, "Comma-separated methods (dense included).")
 DENSITIES = flags.DEFINE_string("densities", "1.0", "Densities: 0.1,0.8^5,0.8^5:0.8^20[:k].")
 ABLATION_SETS = flags.DEFINE_string("ablations", "none", "Ablation sets: none,shuffle,a+b,...")
 SEEDS = flags.DEFINE_string("seeds", "0", "Comma-separated seeds.")
-JOBS = flags.DEFINE_integer("jobs", 1, "Cells run at the same time.")
-SHARD = flags.DEFINE_string("shard", "0/1", "Run only cells i, i+N, i+2N, ... (i/N).")
+JOBS = flags.DEFINE_integer(
+    "jobs",
+    None,
+    "Cells run at the same time (default: 1 with --executor=local; with --executor=ray, as many "
+    "as the cluster's nodes can hold).",
+)
+SHARD = flags.DEFINE_string(
+    "shard",
+    "0/1",
+    "Run only cells i, i+N, i+2N, ... (i/N); auto: i and N of the Slurm array task "
+    "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT or _MIN/_MAX).",
+)
+EXECUTOR = flags.DEFINE_enum(
+    "executor",
+    "local",
+    ["local", "ray"],
+    "local: cells are subprocesses of this machine; ray: cells are tasks of a Ray cluster, run "
+    "on any of its nodes, so --output_dir and the gin files must be on a file system all nodes "
+    "share, at the same path (needs tfprune[ray]).",
+)
+RAY_ADDRESS = flags.DEFINE_string(
+    "ray_address",
+    None,
+    "--executor=ray: the cluster, auto (RAY_ADDRESS or the one started on this machine) or "
+    "HOST:PORT of its head; default: a Ray instance started on this machine.",
+)
+CELL_CPUS = flags.DEFINE_float("cell_cpus", 1.0, "--executor=ray: CPUs each cell holds.")
+CELL_GPUS = flags.DEFINE_float("cell_gpus", 0.0, "--executor=ray: GPUs each cell holds.")
+RETRIES = flags.DEFINE_integer(
+    "retries",
+    2,
+    "--executor=ray: times a cell is run again after a failed attempt (its process failed, "
+    "its worker or node died) before it is reported failed.",
+)
+_RAY_FLAGS = (RAY_ADDRESS, CELL_CPUS, CELL_GPUS, RETRIES)
 STATUS_SECONDS = flags.DEFINE_float(
     "status_seconds",
     30.0,
@@ -162,12 +195,67 @@ def parse_methods(text: str | None) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parses `i/N` (0 <= i < N)."""
+def parse_shard(text: str, environ=os.environ) -> tuple[int, int]:
+    """Parses `i/N` (0 <= i < N), or `auto`: the shard of this Slurm array task
+    (`slurm_shard`)."""
+    if (text or "").strip() == "auto":
+        return slurm_shard(environ)
     match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text or "")
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise ConfigError(f"--shard must look like i/N with 0 <= i < N, got {text!r}")
+        raise ConfigError(f"--shard must look like i/N with 0 <= i < N or auto, got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def slurm_shard(environ=os.environ) -> tuple[int, int]:
+    """The shard `(i, N)` of this task of a Slurm job array (`sbatch --array=0-9` or `1-10`,
+    `0-18:2`): its position among the array's tasks, and their number.
+
+    Read from `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_COUNT`, and `SLURM_ARRAY_TASK_MIN`,
+    `_MAX`, `_STEP` where Slurm sets them: the index is `(ID - MIN) / STEP`, the count is `COUNT`
+    or `(MAX - MIN) / STEP + 1`.
+
+    Raises:
+        ConfigError: outside a job array (naming the missing variables), or for an array whose
+            task ids are not evenly spaced (`--array=1,5,7`), which gives no shard to each task.
+
+    Example:
+
+    >>> slurm_shard({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1",
+    ...              "SLURM_ARRAY_TASK_MAX": "4"})
+    (2, 4)
+    """
+    names = ("ID", "COUNT", "MIN", "MAX", "STEP")
+    values = {}
+    for name in names:
+        text = environ.get(f"SLURM_ARRAY_TASK_{name}", "").strip()
+        if text and not text.isdigit():
+            raise ConfigError(f"--shard=auto: SLURM_ARRAY_TASK_{name}={text!r} is not a number")
+        values[name] = int(text) if text else None
+    missing = ["SLURM_ARRAY_TASK_ID"] if values["ID"] is None else []
+    if values["COUNT"] is None and None in (values["MIN"], values["MAX"]):
+        missing.append("SLURM_ARRAY_TASK_COUNT (or SLURM_ARRAY_TASK_MIN and _MAX)")
+    if missing:
+        raise ConfigError(
+            f"--shard=auto runs in a task of a Slurm job array (sbatch --array), but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: use "
+            "--shard=i/N elsewhere"
+        )
+    task, low, high, step = values["ID"], values["MIN"], values["MAX"], values["STEP"] or 1
+    low = 0 if low is None else low
+    count = values["COUNT"]
+    if values["MAX"] is not None:
+        spaced = (high - low) // step + 1
+        if count is None:
+            count = spaced
+        elif count != spaced or (high - low) % step:
+            count = None
+    if count is None or (task - low) % step or not 0 <= (task - low) // step < count:
+        shown = ", ".join(f"{n}={v}" for n, v in values.items() if v is not None)
+        raise ConfigError(
+            f"--shard=auto: the Slurm array's task ids are not evenly spaced ({shown}), so they "
+            "give no shard to each task: use --array=0-N (or 0-N:step), or --shard=i/N"
+        )
+    return (task - low) // step, count
 
 
 def cells(
@@ -207,305 +295,6 @@ def _skip_reason(method, density, ablations, lottery_rate) -> str | None:
         except ConfigError:
             return f"{method} at rate {lottery_rate:g} reaches no density {density:.6g}"
     return None
-
-
-def cell_name(cell: dict) -> str:
-    """The run directory name of a cell: `<method>-<ablations>-d<density>-s<seed>`."""
-    ablations = "+".join(cell["ablations"]) or "none"
-    method = cell["method"].replace(":", "_")
-    return f"{method}-{ablations}-d{cell['density']:.6g}-s{cell['seed']}"
-
-
-def cell_bindings(cell: dict, shared_dir: str) -> list[str]:
-    """The gin bindings that turn the base configuration into this cell."""
-    return [
-        f"experiment.method = {cell['method']!r}",
-        f"experiment.density = {cell['density']!r}",
-        f"experiment.ablations = {list(cell['ablations'])!r}",
-        f"experiment.seed = {cell['seed']}",
-        f"experiment.shared_dir = {shared_dir!r}",
-        # Plain progress lines in the cell's log (not a terminal), which the sweep reports.
-        "training.progress = True",
-    ]
-
-
-def result_row(results: dict, run_dir: str) -> dict:
-    """The `results.csv` row of a finished run (`tfprune.results.RunSummary`)."""
-    return RunSummary.from_results(results, run_dir).to_row()
-
-
-def append_row(csv_path: str, row: dict) -> bool:
-    """Adds `row` to `csv_path` unless a row of the same run_dir is there; returns whether it
-    added it. Under a lock, the file is rewritten through a temporary file and a rename, so a
-    reader never sees half a row and concurrent writers never lose one.
-
-    Damaged lines (see `tfprune.results`) are left out of the rewritten file, after the
-    file as it was is kept beside it (`results.csv.damaged-<time>`); the sweep adds the rows of
-    finished runs back from their run directories.
-    """
-    with locked(csv_path):
-        rows, damaged = _read(csv_path)
-        if damaged:
-            kept = f"{csv_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-            with atomic_path(kept) as tmp:
-                shutil.copyfile(csv_path, tmp)
-            logging.warning(
-                "%s has damaged lines: %s; the file as it was is kept in %s, and it is rewritten "
-                "without them",
-                csv_path,
-                describe(damaged),
-                kept,
-            )
-        present = any(r["run_dir"] == row["run_dir"] for r in rows)
-        if present and not damaged:
-            return False
-        if not present:
-            rows.append(row)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore"
-        )
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(csv_path, buffer.getvalue())
-        return not present
-
-
-def read_rows(csv_path: str) -> list[dict]:
-    """The intact rows of a `results.csv` as `{column: text}` (empty if there is none)."""
-    return _read(csv_path)[0]
-
-
-def _read(csv_path: str) -> tuple[list[dict], list[tuple[int, str]]]:
-    if not os.path.exists(csv_path) or not os.path.getsize(csv_path):
-        return [], []
-    try:
-        rows, damaged = read_table(csv_path)
-    except TableError as error:
-        return [], [(1, str(error))]
-    return [row for _, row in rows], damaged
-
-
-class Sweep:
-    """Runs the cells of a grid in subprocesses, `jobs` at a time."""
-
-    def __init__(self, output_dir, gin_files, gin_bindings, grid, jobs):
-        self.output_dir = output_dir
-        self.gin_files = [os.path.abspath(f) for f in gin_files]
-        self.gin_bindings = list(gin_bindings)
-        self.grid = grid
-        self.jobs = jobs
-        self.csv_path = os.path.join(output_dir, "results.csv")
-        self.shared_dir = os.path.join(os.path.abspath(output_dir), "_shared")
-        self.lock = threading.Lock()
-        self.processes: set[subprocess.Popen] = set()
-        self.stopping = False
-        self.done = 0
-        self.failed: list[str] = []
-        self.durations: list[float] = []
-        self.started = time.time()
-
-    def run(self, status_seconds: float = 30.0) -> int:
-        """Runs the cells not finished yet; returns the exit status (0: all done).
-
-        Every `status_seconds` (0: never) and when a cell starts, one line names the running
-        cells and their progress (see `CellMonitor`).
-        """
-        os.makedirs(os.path.join(self.output_dir, "runs"), exist_ok=True)
-        os.makedirs(os.path.join(self.output_dir, "logs"), exist_ok=True)
-        todo = []
-        for cell in self.grid:
-            relative = os.path.join("runs", cell_name(cell))
-            results = read_results(os.path.join(self.output_dir, relative))
-            if results is not None:
-                append_row(self.csv_path, result_row(results, relative))  # after a kill
-                self.done += 1
-            else:
-                todo.append((cell, relative))
-        logging.info(
-            "%d cells, %d finished already, %d to run", len(self.grid), self.done, len(todo)
-        )
-        with (
-            CellMonitor(status_seconds) as monitor,
-            concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool,
-        ):
-            for _ in pool.map(lambda item: self._watched(monitor, *item), todo):
-                pass
-        return 0 if not self.failed and not self.stopping else 1
-
-    def stop(self, signum, frame) -> None:
-        """Stops the sweep: running cells write a checkpoint (SIGTERM) and end."""
-        self.stopping = True
-        with self.lock:
-            for process in self.processes:
-                process.send_signal(signal.SIGTERM)
-
-    def _run_cell(self, cell: dict, relative: str) -> None:
-        if self.stopping:
-            return
-        run_dir = os.path.join(self.output_dir, relative)
-        log_path = os.path.join(self.output_dir, "logs", cell_name(cell) + ".log")
-        command = [sys.executable, "-m", "tfprune.train", f"--output_dir={run_dir}"]
-        command += [f"--gin_file={f}" for f in self.gin_files]
-        command += [f"--gin_bindings={b}" for b in self.gin_bindings]
-        command += [f"--gin_bindings={b}" for b in cell_bindings(cell, self.shared_dir)]
-        started = time.time()
-        with open(log_path, "a") as log:
-            # The cell stops (with a checkpoint) if the sweep dies: see `die_with_parent`.
-            env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            with self.lock:
-                self.processes.add(process)
-            code = process.wait()
-            with self.lock:
-                self.processes.discard(process)
-        results = read_results(run_dir)
-        with self.lock:
-            if code == 0 and results is not None:
-                append_row(self.csv_path, result_row(results, relative))
-                self.done += 1
-                self.durations.append(time.time() - started)
-                status = f"test_accuracy={results['test_accuracy']:.4f}"
-            elif not self.stopping:
-                self.failed.append(relative)
-                status = f"FAILED (exit {code}; see {log_path})"
-            else:
-                status = "stopped"
-            logging.info(
-                "[%d/%d] %s %s; %s", self.done, len(self.grid), cell_name(cell), status, self._eta()
-            )
-
-    def _eta(self) -> str:
-        remaining = len(self.grid) - self.done - len(self.failed)
-        if not self.durations or remaining <= 0:
-            return "ETA --"
-        seconds = sum(self.durations) / len(self.durations) * remaining / self.jobs
-        return f"ETA {_duration(seconds)}"
-
-    def _watched(self, monitor: CellMonitor, cell: dict, relative: str) -> None:
-        """Runs a cell with its progress in the monitor's status lines meanwhile."""
-        name = cell_name(cell)
-        monitor.started(name, os.path.join(self.output_dir, "logs", name + ".log"))
-        try:
-            self._run_cell(cell, relative)
-        finally:
-            monitor.ended(name)
-
-
-def latest_progress(log_path: str, offset: int = 0, tail: int = 65536) -> dict | None:
-    """The last complete progress line (see `tfprune.training.format_progress_line`) that a
-    cell wrote to `log_path` after byte `offset`, parsed; None if there is none yet.
-
-    Only the last `tail` bytes are read; a line still being written is left out.
-    """
-    try:
-        with open(log_path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(offset, size - tail)
-            f.seek(start)
-            text = f.read(size - start).decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    for line in reversed(text.split("\n")[:-1]):
-        progress = parse_progress_line(line)
-        if progress is not None:
-            return progress
-    return None
-
-
-class CellMonitor:
-    """Logs one line naming each running cell and how far it is, read from the cell's log.
-
-    A line is logged every `interval` seconds while cells run, and as soon as a cell starts.
-    A cell's log is appended to by each attempt: only what this attempt wrote counts.
-
-    Args:
-        interval: Seconds between the status lines; 0 logs none.
-        clock: A monotonic clock in seconds.
-
-    Example:
-
-    >>> with CellMonitor(30.0) as monitor:
-    ...     monitor.started("snip-none-d0.1-s0", "D/logs/snip-none-d0.1-s0.log")
-    """
-
-    def __init__(self, interval: float, clock=time.monotonic):
-        self.interval = interval
-        self.clock = clock
-        self.lock = threading.Lock()
-        # name: (log path, size of the log when the cell started, start time)
-        self.running: dict[str, tuple[str, int, float]] = {}
-        self._reported: set[str] = set()
-        self._last = clock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cell-monitor", daemon=True)
-
-    def __enter__(self) -> CellMonitor:
-        if self.interval > 0:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def started(self, name: str, log_path: str) -> None:
-        """Cell `name` starts now and writes to `log_path`."""
-        try:
-            offset = os.path.getsize(log_path)
-        except OSError:
-            offset = 0
-        with self.lock:
-            self.running[name] = (log_path, offset, self.clock())
-
-    def ended(self, name: str) -> None:
-        """Cell `name` has ended."""
-        with self.lock:
-            self.running.pop(name, None)
-
-    def status(self) -> str | None:
-        """The status line of the running cells; None if none runs."""
-        with self.lock:
-            running = dict(self.running)
-        if not running:
-            return None
-        now = self.clock()
-        parts = []
-        for name, (log_path, offset, started) in running.items():
-            progress = latest_progress(log_path, offset)
-            if progress is None:
-                state = "not training yet"
-            else:
-                state = (
-                    f"epoch {progress['epoch']}/{progress['epochs']} iteration "
-                    f"{progress['step']}/{progress['total_steps']} loss {progress['loss']:.4f}"
-                )
-            parts.append(f"{name} {state} ({_duration(now - started)})")
-        return f"running {len(parts)}: " + "; ".join(parts)
-
-    def poll(self) -> None:
-        """Logs the status line if `interval` has passed since the last one or a cell has
-        started since."""
-        with self.lock:
-            names = set(self.running)
-        now = self.clock()
-        if now - self._last < self.interval and names <= self._reported:
-            return
-        line = self.status()
-        if line is not None:
-            logging.info("%s", line)
-            self._last = now
-        self._reported = names
-
-    def _loop(self) -> None:
-        while not self._stop.wait(min(1.0, self.interval / 3)):
-            self.poll()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def base_configuration(gin_files, gin_bindings):
@@ -553,6 +342,51 @@ def prepare_sweep_dir(path: str) -> None:
         raise OutputError(f"--output_dir {path} is not writable")
 
 
+def check_executor_flags() -> None:
+    """Raises ConfigError for a value of the executor's flags that cannot be honoured, before
+    anything runs; for --executor=ray, also if Ray is not installed."""
+    if JOBS.value is not None and JOBS.value < 1:
+        raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
+    if EXECUTOR.value == "local":
+        given = [f"--{f.name}" for f in _RAY_FLAGS if flags.FLAGS[f.name].present]
+        if given:
+            verb = "is" if len(given) == 1 else "are"
+            raise ConfigError(f"{', '.join(given)} {verb} for --executor=ray only")
+        return
+    for flag in (CELL_CPUS, CELL_GPUS):
+        if not (flag.value >= 0 and math.isfinite(flag.value)):
+            raise ConfigError(f"--{flag.name} must be a number >= 0, got {flag.value}")
+    if RETRIES.value < 0:
+        raise ConfigError(f"--retries must be an integer >= 0, got {RETRIES.value}")
+    if flags.FLAGS["shard"].present:
+        raise ConfigError(
+            "--shard splits a sweep among several processes; with --executor=ray one process "
+            "runs every cell on the cluster: leave --shard out"
+        )
+    from tfprune.executors.ray import import_ray, parse_address
+
+    if RAY_ADDRESS.value is not None and RAY_ADDRESS.value.strip() != "auto":
+        parse_address(RAY_ADDRESS.value)
+    import_ray()
+
+
+def make_executor(output_dir, gin_files, gin_bindings, grid):
+    """The executor that --executor names, with its flags."""
+    if EXECUTOR.value == "local":
+        return LocalExecutor(output_dir, gin_files, gin_bindings, grid, jobs=JOBS.value or 1)
+    from tfprune.executors.ray import RayExecutor, RayTasks
+
+    return RayExecutor(
+        output_dir,
+        gin_files,
+        gin_bindings,
+        grid,
+        retries=RETRIES.value,
+        jobs=JOBS.value,
+        tasks=lambda: RayTasks(RAY_ADDRESS.value, CELL_CPUS.value, CELL_GPUS.value),
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         fail("tfprune.sweep", f"unexpected arguments: {' '.join(argv[1:])}")
@@ -560,8 +394,7 @@ def main(argv):
         if not OUTPUT_DIR.value:
             raise ConfigError("--output_dir is required")
         check_gin_files(GIN_FILES.value)
-        if JOBS.value < 1:
-            raise ConfigError(f"--jobs must be a positive integer, got {JOBS.value}")
+        check_executor_flags()
         if not STATUS_SECONDS.value >= 0:
             raise ConfigError(f"--status_seconds must be >= 0, got {STATUS_SECONDS.value}")
         index, count = parse_shard(SHARD.value)
@@ -578,26 +411,29 @@ def main(argv):
             logging.info("skipped: %s", reason)
         shard = grid[index::count]
         if not shard:
+            shown = f"auto ({index}/{count})" if SHARD.value == "auto" else SHARD.value
             raise ConfigError(
-                f"--shard={SHARD.value} holds no cell of the grid's {len(grid)}: use fewer shards"
+                f"--shard={shown} holds no cell of the grid's {len(grid)}: use fewer shards"
             )
         check_cells(base, switched, training, shard)
         prepare_sweep_dir(OUTPUT_DIR.value)
-        sweep = Sweep(OUTPUT_DIR.value, GIN_FILES.value, GIN_BINDINGS.value, shard, JOBS.value)
+        executor = make_executor(OUTPUT_DIR.value, GIN_FILES.value, GIN_BINDINGS.value, shard)
     except TfpruneError as error:
         fail("tfprune.sweep", str(error))
-    signal.signal(signal.SIGTERM, sweep.stop)
-    signal.signal(signal.SIGINT, sweep.stop)
+    signal.signal(signal.SIGTERM, executor.stop)
+    signal.signal(signal.SIGINT, executor.stop)
     try:
-        code = sweep.run(STATUS_SECONDS.value)
+        code = executor.run(STATUS_SECONDS.value)
     except OSError as error:
         fail("tfprune.sweep", os_error_message(error, OUTPUT_DIR.value))
-    took = time.time() - sweep.started
+    except TfpruneError as error:
+        fail("tfprune.sweep", str(error))
+    took = time.time() - executor.started
     print(
-        f"{sweep.done}/{len(shard)} cells done, {len(sweep.failed)} failed, "
-        f"{math.floor(took)}s; results in {sweep.csv_path}"
+        f"{executor.done}/{len(shard)} cells done, {len(executor.failed)} failed, "
+        f"{math.floor(took)}s; results in {executor.csv_path}"
     )
-    for relative in sweep.failed:
+    for relative in executor.failed:
         print(f"failed: {relative} (re-run the same command to retry)")
     sys.exit(code)
 
