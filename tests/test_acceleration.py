@@ -1,0 +1,157 @@
+"""XLA (`training.jit_compile`) and mixed precision (`training.precision`) in training, pruning
+and export: masks, zeros, checkpoints and float32 scoring are as in float32 without XLA."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from _tolerance import tolerance
+
+import tfprune
+from tfprune.errors import ConfigError
+from tfprune.layers import MaskedDense
+from tfprune.layers.precision import dtype_policy
+from tfprune.training import Interrupted, TrainConfig, Trainer
+from tfprune.training.acceleration import uses_xla
+
+
+def _toy_problem(seed=0, n=96):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    return x, y
+
+
+def _pruned_toy_model(policy="float32"):
+    """A two-layer masked network keeping half of its kernels (magnitude)."""
+    keras.utils.set_random_seed(1)
+    with dtype_policy(policy):
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                MaskedDense(16, activation="relu", name="fc1"),
+                MaskedDense(2, name="fc2"),
+            ],
+            name="toy",
+        )
+    tfprune.prune(model, "magnitude", 0.5)
+    return model
+
+
+def _trainer(output_dir, config, model, **kwargs):
+    x, y = _toy_problem()
+
+    def train_data(epoch, skip):
+        order = np.random.default_rng(epoch).permutation(len(x))
+        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32).skip(skip)
+
+    def eval_data():
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+
+    return Trainer(model, config, train_data, eval_data, 3, str(output_dir), **kwargs)
+
+
+def _state(model):
+    """`{path: value}` of every variable, and `{path: (kernel, mask)}` of the prunable ones."""
+    values = {v.path: v.numpy() for v in model.variables}
+    pairs = {p: (w.kernel.numpy(), w.mask.numpy()) for p, w in tfprune.prunable_weights(model).items()}
+    return values, pairs
+
+
+def _xla_calls(trainer):
+    """Names of the functions that the traced training loop must compile with XLA (TensorFlow
+    raises rather than running such a function uncompiled)."""
+    x, y = _toy_problem()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+    graph = trainer._train_steps.get_concrete_function(iterator, tf.constant(1)).graph
+    return [
+        f.signature.name
+        for f in graph.as_graph_def().library.function
+        if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
+    ]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("jit_compile", "yes"),
+        ("jit_compile", 1),
+        ("jit_compile", None),
+        ("precision", "float16"),
+        ("precision", "bfloat16"),
+        ("precision", None),
+    ],
+)
+def test_bad_jit_compile_or_precision_is_a_one_line_config_error(field, value):
+    with pytest.raises(ConfigError, match=f"training.{field}") as raised:
+        TrainConfig(**{field: value}).validate()
+    assert "\n" not in str(raised.value)
+
+
+def test_xla_step_is_compiled_and_trains_as_the_uncompiled_step(tmp_path):
+    config = TrainConfig(epochs=2, learning_rate=0.3, momentum=0.9, progress=False)
+    states, trainers = {}, {}
+    for jit in (False, True):
+        config.jit_compile = jit
+        trainer = _trainer(tmp_path / str(jit), config, _pruned_toy_model())
+        before = _state(trainer.model)[1]
+        history = trainer.run().history
+        trainers[jit], states[jit] = trainer, (before, history, *_state(trainer.model))
+    assert _xla_calls(trainers[True]) and not _xla_calls(trainers[False])
+    assert trainers[True].jit_compile and not trainers[False].jit_compile
+    (before, history, values, pairs), (_, xla_history, xla_values, xla_pairs) = (
+        states[False],
+        states[True],
+    )
+    assert sorted(xla_pairs) == ["toy/fc1/kernel", "toy/fc2/kernel"]
+    for path, (kernel, mask) in xla_pairs.items():
+        # Masks unchanged; pruned weights get an exactly zero gradient (no weight decay), so
+        # they keep their values, and the forward pass reads exact zeros there.
+        np.testing.assert_array_equal(mask, before[path][1])
+        np.testing.assert_array_equal(kernel[mask == 0], before[path][0][mask == 0])
+        assert np.all((kernel * mask)[mask == 0] == 0.0)
+        np.testing.assert_array_equal(mask, pairs[path][1])
+    # XLA fuses and reorders the float32 operations: 6 iterations of sums of at most 32 · 16
+    # terms apart, against weights of magnitude up to the largest one.
+    scale = max(np.abs(v).max() for v in values.values())
+    bounds = tolerance(np.float32, 6 * 32 * 16, scale)
+    for path, value in values.items():
+        np.testing.assert_allclose(xla_values[path], value, **bounds)
+    for a, b in zip(history, xla_history, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=bounds["rtol"])
+
+
+def test_xla_run_stopped_and_resumed_equals_the_whole_xla_run(tmp_path):
+    config = TrainConfig(
+        epochs=3, learning_rate=0.3, momentum=0.9, progress=False, jit_compile=True
+    )
+    whole = _trainer(tmp_path / "whole", config, _pruned_toy_model())
+    whole_history = whole.run().history
+    calls = {"n": 0}
+
+    def stop_after_four():
+        calls["n"] += 1
+        return calls["n"] == 4
+
+    with pytest.raises(Interrupted):
+        _trainer(tmp_path / "split", config, _pruned_toy_model(), should_stop=stop_after_four).run()
+    resumed = _trainer(tmp_path / "split", config, _pruned_toy_model())
+    history = resumed.run().history
+    # The same compiled steps on the same restored values: bit for bit.
+    assert [h["test_loss"] for h in history] == [h["test_loss"] for h in whole_history]
+    for a, b in zip(resumed.model.variables, whole.model.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_auto_compiles_networks_without_convolutions_on_one_cpu_replica():
+    strategy = tf.distribute.get_strategy()
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))  # 'auto' compiles everything there
+    lenet = tfprune.models.build("lenet_300_100", (28, 28, 1), 10)
+    conv = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    assert uses_xla("auto", lenet, strategy)
+    assert uses_xla("auto", conv, strategy) == on_gpu
+    assert uses_xla("auto", tfprune.masked(conv), strategy) == on_gpu
+    assert uses_xla(True, conv, strategy) and not uses_xla(False, lenet, strategy)
