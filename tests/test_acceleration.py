@@ -54,7 +54,9 @@ def _trainer(output_dir, config, model, **kwargs):
 def _state(model):
     """`{path: value}` of every variable, and `{path: (kernel, mask)}` of the prunable ones."""
     values = {v.path: v.numpy() for v in model.variables}
-    pairs = {p: (w.kernel.numpy(), w.mask.numpy()) for p, w in tfprune.prunable_weights(model).items()}
+    pairs = {
+        p: (w.kernel.numpy(), w.mask.numpy()) for p, w in tfprune.prunable_weights(model).items()
+    }
     return values, pairs
 
 
@@ -149,9 +151,132 @@ def test_auto_compiles_networks_without_convolutions_on_one_cpu_replica():
     on_gpu = bool(tf.config.list_logical_devices("GPU"))  # 'auto' compiles everything there
     lenet = tfprune.models.build("lenet_300_100", (28, 28, 1), 10)
     conv = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)]
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
     )
     assert uses_xla("auto", lenet, strategy)
     assert uses_xla("auto", conv, strategy) == on_gpu
     assert uses_xla("auto", tfprune.masked(conv), strategy) == on_gpu
     assert uses_xla(True, conv, strategy) and not uses_xla(False, lenet, strategy)
+
+
+def test_mixed_bfloat16_training_keeps_masks_and_zeros_in_float32(tmp_path):
+    model = _pruned_toy_model("mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the policy did not leak
+    before = _state(model)[1]
+    config = TrainConfig(
+        epochs=4, learning_rate=0.5, progress=False, precision="mixed_bfloat16", jit_compile=False
+    )
+    history = _trainer(tmp_path, config, model).run().history
+    assert _trainer(tmp_path / "b", config, _pruned_toy_model("mixed_bfloat16")).loss_scale is None
+    for layer in model.layers:
+        assert (layer.compute_dtype, layer.variable_dtype) == ("bfloat16", "float32")
+    assert {v.dtype for v in model.variables} == {"float32"}
+    for path, (kernel, mask) in _state(model)[1].items():
+        assert mask.dtype == np.float32
+        np.testing.assert_array_equal(mask, before[path][1])
+        np.testing.assert_array_equal(kernel[mask == 0], before[path][0][mask == 0])
+        assert np.all((kernel * mask)[mask == 0] == 0.0)
+    losses = [h["train_loss"] for h in history]
+    assert all(np.isfinite(losses))
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0]
+
+
+def test_a_policy_other_than_the_networks_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="computes in bfloat16: set training.precision"):
+        _trainer(tmp_path, TrainConfig(progress=False), _pruned_toy_model("mixed_bfloat16"))
+    with pytest.raises(ConfigError, match="does not compute in float16"):
+        _trainer(tmp_path, TrainConfig(precision="mixed_float16"), _pruned_toy_model())
+
+
+def test_run_context_builds_under_the_policy_without_leaking_it():
+    from tfprune.runner import RunContext
+
+    config = TrainConfig(epochs=1, batch_size=32, precision="mixed_bfloat16")
+    ctx = RunContext(
+        "fashion_mnist",
+        "lenet_300_100",
+        0,
+        config,
+        tf.distribute.get_strategy(),
+        train_limit=64,
+        test_limit=32,
+    )
+    model = ctx.build_model()
+    assert keras.config.dtype_policy().name == "float32"
+    assert {layer.compute_dtype for layer in model.layers} == {"bfloat16"}
+    assert {v.dtype for v in model.variables} == {"float32"}
+
+
+def test_float16_training_scales_the_loss(tmp_path):
+    model = _pruned_toy_model("mixed_float16")
+    before = _state(model)[1]
+    config = TrainConfig(
+        epochs=1, learning_rate=0.5, momentum=0.9, progress=False, precision="mixed_float16"
+    )
+    trainer = _trainer(tmp_path, config, model)
+    assert isinstance(trainer.loss_scale, keras.optimizers.LossScaleOptimizer)
+    assert trainer.loss_scale.inner_optimizer is trainer.optimizer
+    state = trainer.run()
+    assert np.isfinite(state.history[-1]["train_loss"])
+    assert int(trainer.optimizer.iterations.numpy()) == 3
+    # The scale is checkpointed with the optimizer, and restored.
+    scale = float(trainer.loss_scale.dynamic_scale.numpy())
+    restored = _trainer(tmp_path, config, _pruned_toy_model("mixed_float16"))
+    assert restored.restore().step == 3
+    assert float(restored.loss_scale.dynamic_scale.numpy()) == scale
+    for path, (kernel, mask) in _state(model)[1].items():
+        np.testing.assert_array_equal(mask, before[path][1])
+        np.testing.assert_array_equal(kernel[mask == 0], before[path][0][mask == 0])
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_a_mixed_precision_network_is_scored_in_float32(method):
+    x = np.random.default_rng(0).random((20, 28, 28, 1), dtype=np.float32)
+    y = np.arange(20) % 10
+    scores = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.utils.set_random_seed(0)
+        with dtype_policy(policy):
+            model = tfprune.models.build("lenet_300_100", (28, 28, 1), 10)
+        scores[policy] = tfprune.score(model, method, (x, y))
+        assert model.layers[-1].compute_dtype == ("bfloat16" if policy != "float32" else policy)
+    # The same float32 computation; bfloat16 (8 bits of mantissa) would be ~1e-2 away.
+    for path, expected in scores["float32"].items():
+        bounds = tolerance(np.float32, 784 + 300 + 100, np.abs(expected).max())
+        np.testing.assert_allclose(scores["mixed_bfloat16"][path], expected, **bounds)
+
+
+def test_fit_with_prune_at_and_strip_of_a_mixed_bfloat16_model():
+    keras.utils.set_random_seed(0)
+    with dtype_policy("mixed_bfloat16"):
+        stock = keras.Sequential(
+            [keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)]
+        )
+    model = tfprune.masked(stock)
+    x, y = _toy_problem()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    callback = tfprune.keras.PruneAt("snip", 0.25, step=0, data=(x, y))
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    assert callback.pruned_at == 0
+    masks = tfprune.get_masks(model)
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.25 * (6 * 16 + 16 * 2))
+    for path, weight in tfprune.prunable_weights(model).items():
+        assert weight.layer.compute_dtype == "bfloat16"
+        assert weight.mask.dtype == "float32"
+        assert np.all((weight.kernel.numpy() * weight.mask.numpy())[masks[path] == 0] == 0.0)
+    stripped = tfprune.strip(model)
+    dense = [layer for layer in stripped.layers if isinstance(layer, keras.layers.Dense)]
+    assert [type(layer) for layer in dense] == [keras.layers.Dense] * 2
+    for layer, mask in zip(dense, masks.values(), strict=True):
+        assert layer.compute_dtype == "bfloat16"
+        assert np.all(layer.kernel.numpy()[mask == 0] == 0.0)
+        assert np.count_nonzero(layer.kernel.numpy()) == np.count_nonzero(mask)
+    np.testing.assert_array_equal(stripped.predict(x, verbose=0), model.predict(x, verbose=0))

@@ -20,8 +20,8 @@ from tfprune import data as data_lib
 from tfprune import models
 from tfprune._io import atomic_path
 from tfprune.errors import ConfigError
-from tfprune.layers.precision import dtype_policy
 from tfprune.experiment import STRATEGIES, Sizes
+from tfprune.layers.precision import dtype_policy
 from tfprune.pruning import (
     collapsed_layers,
     get_masks,
