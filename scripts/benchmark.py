@@ -17,17 +17,19 @@ time of one call over `--repeats` measurements (each averaging enough calls to l
 
 Train: images/s of the compiled training step (the `Trainer`'s, batch 128, SGD with momentum
 0.9 and weight decay 1e-4, one fixed batch) for the masked network at density 0.05 and for its
-stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), the fastest of
-`--repeats` measurements alternating between the two (on a shared machine other processes
-only ever add time); the input pipeline alone (`tfprune.data.train_dataset` iterated
+stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), each without and
+with XLA (`training.jit_compile`) and built in float32 and under mixed bfloat16
+(`training.precision`), the fastest of `--repeats` measurements alternating between the eight
+(on a shared machine other processes only ever add time); the input pipeline alone (`tfprune.data.train_dataset` iterated
 without training: Fashion-MNIST, and for ResNet-20 the CIFAR-10 augmentation on synthetic
 in-memory images); the fastest of three epochs of `Trainer.run` end to end; and memory,
 each variant in a fresh process: resident memory added by building the network, and the peak
 added by 30 training steps (Linux `VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
 
 Fit: examples/s of `model.fit` (SGD with momentum 0.9, one fixed batch repeated) for the masked
-network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks and
-for keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
+network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks
+without and with XLA (`compile(jit_compile=...)`) in float32 and mixed bfloat16, and for
+keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
 4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
 """
 
