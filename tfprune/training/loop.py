@@ -96,6 +96,17 @@ class Trainer:
         callbacks: More hooks (`Callback`), called after `on_step` and before the progress,
             TensorBoard, snapshot and checkpoint callbacks (see `tfprune.training.callbacks`).
 
+    Attributes:
+        jit_compile: Whether the steps are compiled with XLA (`config.jit_compile` resolved
+            for this model and strategy; see `TrainConfig`).
+        optimizer: The SGD that updates the model.
+        loss_scale: The `keras.optimizers.LossScaleOptimizer` around `optimizer` under
+            `config.precision = "mixed_float16"`, else None.
+
+    Raises:
+        ConfigError: for a setting that cannot be trained with, or a model built under
+            another dtype policy than `config.precision`.
+
     Example:
 
     >>> trainer = Trainer(model, TrainConfig(epochs=2), train_data, eval_data, 469, "run",
