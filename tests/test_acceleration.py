@@ -280,3 +280,36 @@ def test_fit_with_prune_at_and_strip_of_a_mixed_bfloat16_model():
         assert np.all(layer.kernel.numpy()[mask == 0] == 0.0)
         assert np.count_nonzero(layer.kernel.numpy()) == np.count_nonzero(mask)
     np.testing.assert_array_equal(stripped.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_export_of_a_mixed_bfloat16_network_keeps_exact_zeros_and_converts_to_float32(tmp_path):
+    model = _pruned_toy_model("mixed_bfloat16")
+    masks = tfprune.get_masks(model)
+    tfprune.export(model, str(tmp_path / "m.keras"), "keras")
+    loaded = tfprune.load_model(str(tmp_path / "m.keras"))
+    dense = [layer for layer in loaded.layers if isinstance(layer, keras.layers.Dense)]
+    for layer, mask in zip(dense, masks.values(), strict=True):
+        assert type(layer) is keras.layers.Dense and layer.compute_dtype == "bfloat16"
+        assert np.all(layer.kernel.numpy()[mask == 0] == 0.0)
+    # TFLite has no bfloat16 MatMul: the flatbuffer computes in float32, as the float32
+    # network of the same weights does.
+    tfprune.export(model, str(tmp_path / "m.tflite"), "tflite")
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    interpreter.allocate_tensors()
+    (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inputs["dtype"] == outputs["dtype"] == np.float32
+    x = _toy_problem()[0][:1]
+    interpreter.set_tensor(inputs["index"], x)
+    interpreter.invoke()
+    (w1, b1), (w2, b2) = [
+        (np.float64(layer.kernel.numpy()), np.float64(layer.bias.numpy())) for layer in dense
+    ]
+    hidden = np.maximum(x @ w1 + b1, 0.0)
+    expected = hidden @ w2 + b2
+    scale = (np.abs(x) @ np.abs(w1) + np.abs(b1)) @ np.abs(w2) + np.abs(b2)
+    np.testing.assert_allclose(
+        interpreter.get_tensor(outputs["index"]),
+        expected,
+        **tolerance(np.float32, 6 + 16 + 2, scale.max()),
+    )
