@@ -19,16 +19,18 @@ Train: images/s of the compiled training step (the `Trainer`'s, batch 128, SGD w
 0.9 and weight decay 1e-4, one fixed batch) for the masked network at density 0.05 and for its
 stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), each without and
 with XLA (`training.jit_compile`) and built in float32 and under mixed bfloat16
-(`training.precision`), the fastest of `--repeats` measurements alternating between the eight
-(on a shared machine other processes only ever add time); the input pipeline alone (`tfprune.data.train_dataset` iterated
-without training: Fashion-MNIST, and for ResNet-20 the CIFAR-10 augmentation on synthetic
-in-memory images); the fastest of three epochs of `Trainer.run` end to end; and memory,
-each variant in a fresh process: resident memory added by building the network, and the peak
-added by 30 training steps (Linux `VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
+(`training.precision`), the fastest of `--repeats` short measurements (~50 ms) alternating
+between the eight (on a shared machine other processes only ever add time); the input
+pipeline alone (`tfprune.data.train_dataset` iterated without training: Fashion-MNIST, and for
+ResNet-20 the CIFAR-10 augmentation on synthetic in-memory images); the fastest of three
+epochs of `Trainer.run` end to end; and memory, each variant in a fresh process: resident memory
+added by building the network, and the peak added by 30 training steps (Linux
+`VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
 
 Fit: examples/s of `model.fit` (SGD with momentum 0.9, one fixed batch repeated) for the masked
 network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks
-without and with XLA (`compile(jit_compile=...)`) in float32 and mixed bfloat16, and for
+without and with XLA (`compile(jit_compile=...)`) in float32 and mixed bfloat16 (short
+measurements, as for Train), and for
 keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
 4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
 """
@@ -254,6 +256,9 @@ TRAIN_DENSITY = 0.05
 MEMORY_STEPS = 30
 
 
+# Each measurement of the training variants lasts about this long (seconds): on a busy machine
+# a short measurement is more likely to find the processor free, and the fastest one counts.
+VARIANT_BUDGET = 0.05
 # The training variants compared: (XLA, dtype policy).
 TRAIN_VARIANTS = [(xla, precision) for xla in (False, True)
                   for precision in ("float32", "mixed_bfloat16")]
@@ -392,7 +397,7 @@ def bench_train(model_names, repeats):
                     precision=precision,
                 )
         # The fastest of the alternating measurements: other processes only ever add time.
-        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
         rate = {k: TRAIN_BATCH * steps / v for k, v in seconds.items()}
         print("\n".join(_variant_rows(name, rate)))
         label, pipeline = _pipeline_images_per_second(name, 200)
@@ -487,7 +492,7 @@ def bench_fit(model_names, repeats):
             masked, stock, x, y, batch = _fit_networks(name, precision)
             runners["masked", xla, precision] = _fit_runner(masked, x, y, steps, xla)
             runners["stock", xla, precision] = _fit_runner(stock, x, y, steps, xla)
-        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
         print("\n".join(_variant_rows(name, {k: batch * steps / v for k, v in seconds.items()})))
     print(f"\n## model.fit of Keras models converted with tfprune.masked (fp32, no XLA, "
           f"fastest of {repeats} alternating measurements)\n")
