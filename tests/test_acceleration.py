@@ -313,3 +313,20 @@ def test_export_of_a_mixed_bfloat16_network_keeps_exact_zeros_and_converts_to_fl
         expected,
         **tolerance(np.float32, 6 + 16 + 2, scale.max()),
     )
+
+
+def test_run_directories_of_older_runs_stay_valid_and_precision_names_a_new_one():
+    from tfprune.experiment import Experiment, config_dict, default_output_dir
+    from tfprune.runner import semantic
+
+    experiment, training = Experiment(method="snip", density=0.1), TrainConfig()
+    # A run directory written before the two settings existed is the same run; XLA changes
+    # float32 rounding only, so a run may resume with it switched.
+    stored = config_dict(experiment, training)
+    del stored["training"]["precision"], stored["training"]["jit_compile"]
+    assert semantic(stored) == semantic(config_dict(experiment, TrainConfig(jit_compile=True)))
+    assert default_output_dir(experiment, TrainConfig(jit_compile=False)) == default_output_dir(
+        experiment, training
+    )
+    bf16 = TrainConfig(precision="mixed_bfloat16")
+    assert default_output_dir(experiment, bf16) != default_output_dir(experiment, training)
