@@ -17,17 +17,21 @@ time of one call over `--repeats` measurements (each averaging enough calls to l
 
 Train: images/s of the compiled training step (the `Trainer`'s, batch 128, SGD with momentum
 0.9 and weight decay 1e-4, one fixed batch) for the masked network at density 0.05 and for its
-stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), the fastest of
-`--repeats` measurements alternating between the two (on a shared machine other processes
-only ever add time); the input pipeline alone (`tfprune.data.train_dataset` iterated
-without training: Fashion-MNIST, and for ResNet-20 the CIFAR-10 augmentation on synthetic
-in-memory images); the fastest of three epochs of `Trainer.run` end to end; and memory,
-each variant in a fresh process: resident memory added by building the network, and the peak
-added by 30 training steps (Linux `VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
+stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), each without and
+with XLA (`training.jit_compile`) and built in float32 and under mixed bfloat16
+(`training.precision`), the fastest of `--repeats` short measurements (~50 ms) alternating
+between the eight (on a shared machine other processes only ever add time); the input
+pipeline alone (`tfprune.data.train_dataset` iterated without training: Fashion-MNIST, and for
+ResNet-20 the CIFAR-10 augmentation on synthetic in-memory images); the fastest of three
+epochs of `Trainer.run` end to end; and memory, each variant in a fresh process: resident memory
+added by building the network, and the peak added by 30 training steps (Linux
+`VmRSS`/`VmHWM`, which count TensorFlow's allocations too).
 
 Fit: examples/s of `model.fit` (SGD with momentum 0.9, one fixed batch repeated) for the masked
-network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks and
-for keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
+network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks
+without and with XLA (`compile(jit_compile=...)`) in float32 and mixed bfloat16 (short
+measurements, as for Train), and for
+keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
 4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
 """
 
@@ -48,6 +52,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfprune  # noqa: E402
+from tfprune.layers.precision import dtype_policy  # noqa: E402
 from tfprune.training import TrainConfig, Trainer  # noqa: E402
 
 SHAPES = {"lenet_300_100": (28, 28, 1), "resnet20": (32, 32, 3)}
@@ -75,13 +80,15 @@ def _timed(fn, repeats):
     return cold, statistics.median(warm)
 
 
-def _step_runner(model, x, y, steps=1, weight_decay=0.0):
-    """A function running `steps` iterations of the `Trainer`'s compiled step on (x, y)."""
+def _step_runner(model, x, y, steps=1, weight_decay=0.0, jit_compile=False,
+                 precision="float32"):
+    """A function running `steps` iterations of the `Trainer`'s compiled step on (x, y)
+    (without XLA unless `jit_compile`; `precision` must be the policy `model` was built under)."""
     dataset = tf.data.Dataset.from_tensors((tf.constant(x), tf.constant(y)))
     trainer = Trainer(
         model,
         TrainConfig(epochs=1, batch_size=len(x), momentum=0.9, weight_decay=weight_decay,
-                    progress=False),
+                    progress=False, jit_compile=jit_compile, precision=precision),
         lambda epoch, skip: dataset, lambda: dataset, 1, tempfile.mkdtemp(),
     )
     batches = dataset.repeat(steps)
@@ -249,13 +256,39 @@ TRAIN_DENSITY = 0.05
 MEMORY_STEPS = 30
 
 
-def _train_networks(name):
-    """The masked network at TRAIN_DENSITY and its stock-Keras twin, same weights."""
+# Each measurement of the training variants lasts about this long (seconds): on a busy machine
+# a short measurement is more likely to find the processor free, and the fastest one counts.
+VARIANT_BUDGET = 0.05
+# The training variants compared: (XLA, dtype policy).
+TRAIN_VARIANTS = [(xla, precision) for xla in (False, True)
+                  for precision in ("float32", "mixed_bfloat16")]
+PRECISION_LABELS = {"float32": "fp32", "mixed_bfloat16": "bf16"}
+
+
+def _train_networks(name, precision="float32"):
+    """The masked network at TRAIN_DENSITY and its stock-Keras twin, same weights, built under
+    the dtype policy `precision`."""
     shape = SHAPES[name]
     keras.utils.set_random_seed(0)
-    masked = tfprune.models.build(name, shape, NUM_CLASSES)
+    with dtype_policy(precision):
+        masked = tfprune.models.build(name, shape, NUM_CLASSES)
     tfprune.prune(masked, "magnitude", TRAIN_DENSITY)
     return {"masked": masked, "stock": tfprune.strip(masked)}
+
+
+def _variant_rows(name, rate):
+    """Table rows of `rate[variant, xla, precision]`: masked / stock for each (XLA, precision),
+    with the masked network's XLA on / off and bf16 / fp32 speedups."""
+    rows = []
+    for xla, precision in TRAIN_VARIANTS:
+        masked, stock = rate["masked", xla, precision], rate["stock", xla, precision]
+        rows.append(
+            f"| {name} | {'on' if xla else 'off'} | {PRECISION_LABELS[precision]} | "
+            f"{masked:,.0f} | {stock:,.0f} | {masked / stock:.3f} | "
+            f"{masked / rate['masked', False, precision]:.2f} | "
+            f"{masked / rate['masked', xla, 'float32']:.2f} |"
+        )
+    return rows
 
 
 def _train_batch(shape, seed=0):
@@ -324,10 +357,11 @@ def _pipeline_images_per_second(name, batches):
 
 def _trainer_epoch_images_per_second(name, steps):
     """One epoch of `Trainer.run` on Fashion-MNIST (LeNet) end to end: data, compiled steps,
-    metric reads, a 128-example evaluation and a checkpoint."""
+    metric reads, a 128-example evaluation and a checkpoint (without XLA, as the step it is
+    compared with)."""
     from tfprune.runner import RunContext
 
-    config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, progress=False)
+    config = TrainConfig(epochs=1, batch_size=TRAIN_BATCH, progress=False, jit_compile=False)
     ctx = RunContext("fashion_mnist", name, 0, config, tf.distribute.get_strategy(),
                      train_limit=TRAIN_BATCH * steps, test_limit=TRAIN_BATCH)
     model = ctx.build_model()
@@ -345,27 +379,37 @@ def _trainer_epoch_images_per_second(name, steps):
 
 def bench_train(model_names, repeats):
     print(f"\n## Training step: masked layers against stock Keras layers (batch {TRAIN_BATCH}, "
-          f"density {TRAIN_DENSITY}, CPU, fastest of {repeats} alternating measurements)\n")
-    print("| network | masked (img/s) | stock (img/s) | masked / stock | input pipeline alone "
-          "(img/s) | pipeline / step |")
-    print("|---|---|---|---|---|---|")
-    loops = []
+          f"density {TRAIN_DENSITY}, CPU, fastest of {repeats} alternating measurements), "
+          "without and with XLA (`training.jit_compile`), in float32 and mixed bfloat16 "
+          "(`training.precision`)\n")
+    print("| network | XLA | precision | masked (img/s) | stock (img/s) | masked / stock | "
+          "masked: XLA / no XLA | masked: bf16 / fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    loops, pipelines = [], []
     for name in model_names:
         x, y = _train_batch(SHAPES[name])
         steps = 10 if name == "lenet_300_100" else 2
-        runners = {
-            variant: _step_runner(model, x, y, steps=steps, weight_decay=1e-4)
-            for variant, model in _train_networks(name).items()
-        }
+        runners = {}
+        for xla, precision in TRAIN_VARIANTS:
+            for variant, model in _train_networks(name, precision).items():
+                runners[variant, xla, precision] = _step_runner(
+                    model, x, y, steps=steps, weight_decay=1e-4, jit_compile=xla,
+                    precision=precision,
+                )
         # The fastest of the alternating measurements: other processes only ever add time.
-        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
         rate = {k: TRAIN_BATCH * steps / v for k, v in seconds.items()}
+        print("\n".join(_variant_rows(name, rate)))
         label, pipeline = _pipeline_images_per_second(name, 200)
-        print(f"| {name} | {rate['masked']:,.0f} | {rate['stock']:,.0f} | "
-              f"{rate['masked'] / rate['stock']:.3f} | {pipeline:,.0f} ({label}) | "
-              f"{pipeline / rate['masked']:.1f} |")
+        pipelines.append((name, label, pipeline, rate["masked", False, "float32"]))
         if name == "lenet_300_100":
-            loops.append((name, rate["masked"], _trainer_epoch_images_per_second(name, 200)))
+            loops.append((name, rate["masked", False, "float32"],
+                          _trainer_epoch_images_per_second(name, 200)))
+    print("\n## The input pipeline alone against the training step (masked, fp32, no XLA)\n")
+    print("| network | input pipeline alone (img/s) | pipeline / step |")
+    print("|---|---|---|")
+    for name, label, pipeline, step in pipelines:
+        print(f"| {name} | {pipeline:,.0f} ({label}) | {pipeline / step:.1f} |")
     if loops:
         print("\n## One epoch of Trainer.run against the compiled step alone\n")
         print("| network | compiled step (img/s) | Trainer.run epoch (img/s) | run / step |")
@@ -399,14 +443,15 @@ def _fit_transformer_block():
     return keras.Model(ids, logits, name="transformer_block")
 
 
-def _fit_networks(name):
+def _fit_networks(name, precision="float32"):
     """`(masked, stock, x, y, batch)`: the masked network at TRAIN_DENSITY and the stock network
-    of the same weights (`strip`), for the paper's networks and for two Keras models that
-    `tfprune.masked` converts."""
+    of the same weights (`strip`), for the paper's networks (built under the dtype policy
+    `precision`) and for two Keras models that `tfprune.masked` converts."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     if name in SHAPES:
-        masked = tfprune.models.build(name, SHAPES[name], NUM_CLASSES)
+        with dtype_policy(precision):
+            masked = tfprune.models.build(name, SHAPES[name], NUM_CLASSES)
         x, y = _train_batch(SHAPES[name])
         batch = TRAIN_BATCH
     else:
@@ -421,25 +466,41 @@ def _fit_networks(name):
     return masked, tfprune.strip(masked), x, y, batch
 
 
-def _fit_runner(model, x, y, steps):
+def _fit_runner(model, x, y, steps, jit_compile=False):
     """A function running one `model.fit` epoch of `steps` batches of (x, y)."""
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
     )
     dataset = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
     return lambda: model.fit(dataset, epochs=1, verbose=0)
 
 
 def bench_fit(model_names, repeats):
-    names = [*model_names, *FIT_NETWORKS]
     print(f"\n## model.fit: masked layers against stock Keras layers (density {TRAIN_DENSITY}, "
-          f"SGD with momentum 0.9, CPU, fastest of {repeats} alternating measurements)\n")
+          f"SGD with momentum 0.9, CPU, fastest of {repeats} alternating measurements), the "
+          "paper's networks without and with XLA (`compile(jit_compile=...)`), in float32 and "
+          "mixed bfloat16\n")
+    print("| network | XLA | precision | masked (examples/s) | stock (examples/s) | "
+          "masked / stock | masked: XLA / no XLA | masked: bf16 / fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in model_names:
+        steps = 20 if name == "lenet_300_100" else 4
+        runners = {}
+        for xla, precision in TRAIN_VARIANTS:
+            masked, stock, x, y, batch = _fit_networks(name, precision)
+            runners["masked", xla, precision] = _fit_runner(masked, x, y, steps, xla)
+            runners["stock", xla, precision] = _fit_runner(stock, x, y, steps, xla)
+        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
+        print("\n".join(_variant_rows(name, {k: batch * steps / v for k, v in seconds.items()})))
+    print(f"\n## model.fit of Keras models converted with tfprune.masked (fp32, no XLA, "
+          f"fastest of {repeats} alternating measurements)\n")
     print("| network | batch | masked (examples/s) | stock (examples/s) | masked / stock |")
     print("|---|---|---|---|---|")
-    for name in names:
+    for name in FIT_NETWORKS:
         masked, stock, x, y, batch = _fit_networks(name)
-        steps = 20 if name == "lenet_300_100" else 4
+        steps = 4
         runners = {
             "masked": _fit_runner(masked, x, y, steps),
             "stock": _fit_runner(stock, x, y, steps),

@@ -5,6 +5,7 @@ here, in a process of their own, before anything else:
 
     python tests/_mirrored.py checks OUT.json MODEL [MODEL ...]
     python tests/_mirrored.py run OUT.json RUN_DIR [STOP_AFTER_POLLS]
+    python tests/_mirrored.py xla OUT.json
 
 The networks are float64: one device and two replicas sum each batch's gradients in different
 orders, which in float64 moves the weights by float64 rounding only, so
@@ -78,9 +79,10 @@ def _train(strategy, model, tmp, **training):
             "kernels_identical": all(np.array_equal(kernel_copies[0], k) for k in kernel_copies),
             "mask_unchanged": bool(np.array_equal(mask_copies[0], masks[path])),
             "pruned_effective_max": float(
-                max(np.abs(k * m)[m == 0].max(initial=0) for k, m in zip(
-                    kernel_copies, mask_copies, strict=True
-                ))
+                max(
+                    np.abs(k * m)[m == 0].max(initial=0)
+                    for k, m in zip(kernel_copies, mask_copies, strict=True)
+                )
             ),
         }
     differing = [
@@ -113,6 +115,20 @@ def checks(out, models):
         json.dump(result, f)
 
 
+def xla(out):
+    """LeNet-300-100 trained on the two devices without and with XLA (`jit_compile`)."""
+    mirrored = _mirrored()
+    tmp = os.path.dirname(out)
+    result = {
+        str(jit): _train(
+            mirrored, "lenet_300_100", os.path.join(tmp, f"xla-{jit}"), jit_compile=jit
+        )
+        for jit in (False, True)
+    }
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
 def run(out, run_dir, stop_after=None):
     """A whole experiment (snip, LeNet) on the two devices; asks to stop at the
     `stop_after`-th poll (one per compiled call: 8 iterations, an epoch, here)."""
@@ -138,5 +154,7 @@ if __name__ == "__main__":
     keras.utils.set_random_seed(0)
     if sys.argv[1] == "checks":
         checks(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "xla":
+        xla(sys.argv[2])
     else:
         run(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else None)

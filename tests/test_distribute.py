@@ -99,6 +99,26 @@ def test_mirrored_training_matches_one_device_with_the_same_global_batch(checks)
 
 
 @pytest.mark.slow
+def test_mirrored_xla_training_keeps_masks_and_zeros_and_matches_the_uncompiled(tmp_path):
+    """Two replicas with `jit_compile=True`: XLA compiles each replica's forward and backward
+    pass on that replica's device; the gradients' sum and the update run outside. Slow: a
+    process on two devices tracing four training functions (1-3 min on a loaded two-core
+    machine)."""
+    result = _script("xla", str(tmp_path / "xla.json"))
+    for path, replica in result["True"]["replicas"].items():
+        assert replica["copies"] == 2, path
+        assert replica["masks_identical"] and replica["kernels_identical"], path
+        assert replica["mask_unchanged"], path
+        assert replica["pruned_effective_max"] == 0.0, path
+    assert result["True"]["differing_variables"] == []
+    # Float64 networks: XLA's reordering moves the weights by float64 rounding, and the
+    # metrics, means of float32 losses, by float32's eps (as in the test above).
+    plain, compiled = _metrics(result["False"]["history"]), _metrics(result["True"]["history"])
+    assert len(plain) == len(compiled) == 2 * 4
+    assert compiled == approx(plain, np.float32, 1)
+
+
+@pytest.mark.slow
 def test_mirrored_resnet_differs_only_by_per_replica_batch_statistics(resnet_checks):
     # Each replica normalises its half of the batch with that half's statistics (as
     # PyTorch's DataParallel does), so the losses differ slightly from one device's.

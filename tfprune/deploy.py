@@ -41,6 +41,7 @@ from tfprune.layers import (
     stock_twin,
     transfer_weights,
 )
+from tfprune.layers.precision import computed_in_float32
 
 FORMATS = ("keras", "saved_model", "tflite")
 #: Name of the SavedModel signature, and of its input and output for a model with one of each.
@@ -579,7 +580,9 @@ def _replaceable_saved_model(path: str) -> bool:
 def _tflite_bytes(stripped: keras.Model, sparsity: bool, input_signature=None) -> bytes:
     # TFLiteConverter.from_keras_model does not take Keras 3 models; the SavedModel route
     # also keeps the signature names.
-    with tempfile.TemporaryDirectory() as directory:
+    # A float32 flatbuffer also for a network under a mixed policy: TFLite has no bfloat16
+    # MatMul, so the network is traced computing in float32, as it is scored.
+    with tempfile.TemporaryDirectory() as directory, computed_in_float32(stripped):
         _write_saved_model(stripped, directory, input_signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory, [SIGNATURE])
         if sparsity:

@@ -31,6 +31,7 @@ COSMETIC = (
     "keep_checkpoints",
     "steps_per_execution",
     "deterministic",
+    "jit_compile",
 )
 
 
@@ -85,7 +86,7 @@ def locked(path: str):
 
 # Settings added after runs were made without them, with the value that means "as before": a
 # configuration that sets one to that value computes what one without it does.
-ADDED_LATER = {"experiment": {"allocation": None}}
+ADDED_LATER = {"experiment": {"allocation": None}, "training": {"precision": "float32"}}
 
 
 def semantic(config: dict) -> dict:

@@ -21,6 +21,7 @@ from tfprune import models
 from tfprune._io import atomic_path
 from tfprune.errors import ConfigError
 from tfprune.experiment import STRATEGIES, Sizes
+from tfprune.layers.precision import dtype_policy
 from tfprune.pruning import (
     collapsed_layers,
     get_masks,
@@ -105,9 +106,10 @@ class RunContext:
             enable_determinism(self.seed)
 
     def build_model(self) -> keras.Model:
-        """The network, initialized from the run's seed, created in the strategy's scope."""
+        """The network, initialized from the run's seed, created in the strategy's scope under
+        the dtype policy of `training.precision`."""
         keras.utils.set_random_seed(self.seed)
-        with self.strategy.scope():
+        with self.strategy.scope(), dtype_policy(self.training.precision):
             return models.build(self.model, self.info.input_shape, self.info.num_classes)
 
     def train_data(self, epoch: int, skip: int) -> tf.data.Dataset:

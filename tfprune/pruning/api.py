@@ -13,6 +13,7 @@ from absl import logging
 from tfprune import registry, streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import prunable_weights, warn_unpruned
+from tfprune.layers.precision import computed_in_float32
 from tfprune.pruning._batches import DEFAULT_BATCH_SIZE, as_batches
 from tfprune.pruning._losses import resolve_loss
 from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_masks
@@ -51,8 +52,7 @@ def check_method(method: str) -> str:
         registry.resolve(method)  # names a bad `ratio_of:<method>` precisely
     elif not isinstance(method, str) or method not in scorer_names():
         raise ConfigError(
-            f"unknown pruning method {method!r}; choose one of "
-            f"{registry.listing(method_names())}"
+            f"unknown pruning method {method!r}; choose one of {registry.listing(method_names())}"
         )
     return method
 
@@ -134,7 +134,9 @@ def score(
     _give_input_shape(scorer, input_shape)
     weights = _weights(model)
     batches = _batches_for(entry, model, data, batch_size, loss, options)
-    scores = scorer(model, weights, batches, streams.generator(_check_seed(seed), "scores"))
+    rng = streams.generator(_check_seed(seed), "scores")
+    with computed_in_float32(model):
+        scores = scorer(model, weights, batches, rng)
     return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
 
 
@@ -403,7 +405,8 @@ def _prune_scored(
                 None if counts is None else _round_counts(counts, i, rounds, target, density)
             )
             _give_budget(scorer, masks, target, allocation, layer_counts, min_layer_density)
-            scores = scorer(model, weights, batches, rng)
+            with computed_in_float32(model):
+                scores = scorer(model, weights, batches, rng)
             candidates = original if revives else masks
             if layer_counts is None:
                 scope = "layer" if allocation == registry.LAYER else "global"

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from tfprune.training.optim import PiecewiseSchedule
 
 
+#: The values of `TrainConfig.jit_compile` and `TrainConfig.precision`.
+JIT_COMPILE = (True, False, "auto")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """How to train (SPEC §5). Durations accept `"<n>ep"`, `"<n>it"` or ints (iterations).
@@ -43,6 +48,23 @@ class TrainConfig:
             (`tf.config.experimental.enable_op_determinism`). With the seeds an experiment
             sets, a run repeated, or killed and resumed, then gives the same numbers bit for
             bit on the same machine and software.
+        jit_compile: Compile the training and evaluation steps with XLA: True, False, or
+            `"auto"`, which compiles them on a GPU or TPU (as Keras' `jit_compile="auto"`
+            does) and on the CPU only for a network without convolutions, trained on one
+            replica, where XLA measured faster (`scripts/benchmark.py --sections=train`, 2
+            busy CPU cores, batch 128, density 0.05, float32: LeNet-300-100 1.22× the
+            images/s of the uncompiled step, ResNet-20 0.3-0.6×, XLA's convolutions being
+            slower than oneDNN's). With one replica the whole step is compiled (forward, backward and
+            the SGD update); with several, the forward and backward passes, since the
+            gradients' sum across replicas runs outside XLA on a CPU. Masks, checkpoints and
+            resumption are as without XLA; the numbers differ by float32 rounding (XLA
+            fuses operations).
+        precision: `"float32"`, `"mixed_float16"` or `"mixed_bfloat16"`: the Keras dtype
+            policy the network is built under (`RunContext.build_model`). Under a mixed
+            policy the variables and masks stay float32 and the layers compute in 16 bits;
+            the loss is computed in float32, scaled for float16
+            (`keras.optimizers.LossScaleOptimizer`), and pruning scores the network in
+            float32.
 
     Example:
 
@@ -64,6 +86,8 @@ class TrainConfig:
     progress: bool = True
     steps_per_execution: int = 10
     deterministic: bool = False
+    jit_compile: bool | str = "auto"
+    precision: str = "float32"
 
     def validate(self) -> None:
         """Raises ConfigError for a value that cannot be trained with."""
@@ -82,6 +106,15 @@ class TrainConfig:
         if not isinstance(self.deterministic, bool):
             raise ConfigError(
                 f"training.deterministic must be True or False, got {self.deterministic!r}"
+            )
+        if self.jit_compile not in JIT_COMPILE or not isinstance(self.jit_compile, (bool, str)):
+            raise ConfigError(
+                f"training.jit_compile must be True, False or 'auto', got {self.jit_compile!r}"
+            )
+        if self.precision not in PRECISIONS or not isinstance(self.precision, str):
+            raise ConfigError(
+                f"training.precision must be one of {', '.join(map(repr, PRECISIONS))}, got "
+                f"{self.precision!r}"
             )
         # Positions are converted only when training starts: check their form now.
         for name in ("steps", "warmup"):

@@ -21,6 +21,7 @@ from absl import logging
 
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.pruning.masks import checked_positions
+from tfprune.training.acceleration import check_precision, loss_scaled, uses_xla
 from tfprune.training.callbacks import (
     Callback,
     Checkpointing,
@@ -95,6 +96,17 @@ class Trainer:
         callbacks: More hooks (`Callback`), called after `on_step` and before the progress,
             TensorBoard, snapshot and checkpoint callbacks (see `tfprune.training.callbacks`).
 
+    Attributes:
+        jit_compile: Whether the steps are compiled with XLA (`config.jit_compile` resolved
+            for this model and strategy; see `TrainConfig`).
+        optimizer: The SGD that updates the model.
+        loss_scale: The `keras.optimizers.LossScaleOptimizer` around `optimizer` under
+            `config.precision = "mixed_float16"`, else None.
+
+    Raises:
+        ConfigError: for a setting that cannot be trained with, or a model built under
+            another dtype policy than `config.precision`.
+
     Example:
 
     >>> trainer = Trainer(model, TrainConfig(epochs=2), train_data, eval_data, 469, "run",
@@ -137,6 +149,8 @@ class Trainer:
                 f"training cannot start at iteration {start_step}: it lasts {self.total_steps}"
             )
         self.is_chief, self.num_workers = worker_role(self.strategy)
+        check_precision(config.precision, model)
+        self.jit_compile = uses_xla(config.jit_compile, model, self.strategy)
         # Even without `on_step`, the default `hook_steps=None` runs one iteration a call.
         if on_step is None and hook_steps is not None:
             adapter = []
@@ -154,7 +168,8 @@ class Trainer:
         with self.strategy.scope():
             self.schedule = config.schedule(self.steps_per_epoch)
             self.optimizer = SGD(self.schedule, config.momentum, config.weight_decay)
-            self.optimizer.build(model.trainable_variables)
+            self.loss_scale = loss_scaled(config.precision, self.optimizer)
+            (self.loss_scale or self.optimizer).build(model.trainable_variables)
             self._sums = {
                 name: tf.Variable(
                     0.0,
@@ -452,8 +467,9 @@ class Trainer:
 
     def _make_train_steps(self):
         model, optimizer, sums = self.model, self.optimizer, self._sums
+        loss_scale = self.loss_scale
 
-        def replica_step(x, y):
+        def gradients_of(x, y):
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)
                 per_example = keras.losses.sparse_categorical_crossentropy(
@@ -462,9 +478,31 @@ class Trainer:
                 loss = tf.nn.compute_average_loss(per_example)
                 if model.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply(gradients, model.trainable_variables)
+                if loss_scale is not None:
+                    loss = loss_scale.scale_loss(loss)
+            return tape.gradient(loss, model.trainable_variables), per_example, logits
+
+        def update(gradients, per_example, logits, y):
+            (loss_scale or optimizer).apply(gradients, model.trainable_variables)
             _accumulate(sums, per_example, logits, y)
+
+        def whole_step(x, y):
+            update(*gradients_of(x, y), y)
+
+        if not self.jit_compile:
+            replica_step = whole_step
+        elif self.strategy.num_replicas_in_sync == 1:
+            replica_step = tf.function(whole_step, jit_compile=True)
+        else:
+            # The optimizer sums the replicas' gradients with a `merge_call`, which XLA
+            # compiles only on GPUs: the forward and backward passes are compiled, each on
+            # its replica's device (XLA would run every replica's on the first device).
+            compiled = tf.function(gradients_of, jit_compile=True)
+
+            def replica_step(x, y):
+                with tf.device(x.device):
+                    gradients, per_example, logits = compiled(x, y)
+                update(gradients, per_example, logits, y)
 
         # One trace serves the whole run: the iterator's element spec leaves the batch
         # dimension open (a short last batch), and `count` is a tensor.
@@ -479,10 +517,23 @@ class Trainer:
     def _make_eval_step(self):
         model, sums = self.model, self._sums
 
-        def replica_step(x, y):
+        def outputs_of(x, y):
             logits = tf.cast(model(x, training=False), tf.float32)
             per_example = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-            _accumulate(sums, per_example, logits, y)
+            return per_example, logits
+
+        if self.jit_compile:
+            compiled = tf.function(outputs_of, jit_compile=True)
+
+            def replica_step(x, y):
+                with tf.device(x.device):
+                    per_example, logits = compiled(x, y)
+                _accumulate(sums, per_example, logits, y)
+
+        else:
+
+            def replica_step(x, y):
+                _accumulate(sums, *outputs_of(x, y), y)
 
         @tf.function
         def eval_step(x, y):
@@ -528,7 +579,7 @@ class Trainer:
             )
 
     def _variables(self):
-        return list(self.model.variables) + list(self.optimizer.variables)
+        return list(self.model.variables) + list((self.loss_scale or self.optimizer).variables)
 
     def save(self, state: TrainState) -> str | None:
         """Writes a checkpoint of the model, the optimizer and `state`; returns its path.

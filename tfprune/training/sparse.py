@@ -33,6 +33,7 @@ from absl import logging
 from tfprune import registry, streams
 from tfprune.errors import ConfigError
 from tfprune.layers import PrunableWeight, prunable_weights
+from tfprune.layers.precision import computed_in_float32
 from tfprune.pruning.ablations import reinitialize, shuffle_masks
 from tfprune.pruning.api import prune_with_report
 from tfprune.pruning.masks import assign_masks
@@ -60,7 +61,9 @@ class _Timed(MaskUpdate):
 
     def on_step_begin(self, trainer: Trainer, state: TrainState) -> None:
         started = time.time()
-        super().on_step_begin(trainer, state)
+        # Scores and gradients in float32 whatever the dtype policy the network computes in.
+        with computed_in_float32(trainer.model):
+            super().on_step_begin(trainer, state)
         seconds = state.extra.get("mask_update_seconds", 0.0) + time.time() - started
         state.extra["mask_update_seconds"] = seconds
 
