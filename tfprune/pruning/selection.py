@@ -157,13 +157,25 @@ def layer_floors(masks: dict[str, np.ndarray], min_layer_density) -> dict[str, i
 
 
 def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -> np.ndarray:
+    """A 0/1 array keeping the `count` best alive scores, ties to the lower flat index.
+
+    The same weights as a stable sort of the alive scores taking the first `count`, found in
+    linear time: the `count`-th best score is located by a partition, every better score is
+    kept, and the ties at that score go to the lowest indices.
+    """
     alive_index = np.flatnonzero(alive)
     kept = np.zeros(scores.shape, dtype=np.float32)
     if count >= alive_index.size:
         kept[alive_index] = 1.0
         return kept
+    if count <= 0:
+        return kept
     candidate = scores[alive_index].astype(np.float64)
-    # A stable sort keeps equal scores in index order, so ties go to the lower flat index.
-    order = np.argsort(candidate if invert else -candidate, kind="stable")
-    kept[alive_index[order[:count]]] = 1.0
+    # Ascending order of `order` is the keeping order: the best come first.
+    order = candidate if invert else -candidate
+    threshold = np.partition(order, count - 1)[count - 1]
+    better = order < threshold
+    ties = np.flatnonzero(order == threshold)[: count - int(np.count_nonzero(better))]
+    kept[alive_index[better]] = 1.0
+    kept[alive_index[ties]] = 1.0
     return kept
