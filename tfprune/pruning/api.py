@@ -51,8 +51,7 @@ def check_method(method: str) -> str:
         registry.resolve(method)  # names a bad `ratio_of:<method>` precisely
     elif not isinstance(method, str) or method not in scorer_names():
         raise ConfigError(
-            f"unknown pruning method {method!r}; choose one of "
-            f"{registry.listing(method_names())}"
+            f"unknown pruning method {method!r}; choose one of {registry.listing(method_names())}"
         )
     return method
 

@@ -235,9 +235,12 @@ class _Flow:
                 # Parameters are transformed; masks and statistics of the data are not.
                 transformed = id(source) not in masks and id(source) not in statistics
                 self._sources[group].append((source, variable.dtype, transformed))
-        self._values = None
+        # The values R is computed from, in variables of the flow's own (never the model's),
+        # so that a round passes only the masks; None in the masks' slots.
+        self._parameters = None
         self._factors = None
         slots = [kernel_slots[path] for path in weights]
+        mask_slots = [self._mask_slots[path][:2] for path in self._mask_slots]
         dtypes = _input_dtypes(network, len(shapes))
         ones = [
             tf.ones((1, *shape), dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)
@@ -247,8 +250,14 @@ class _Flow:
         # Traced without AutoGraph, as Keras traces its own training step: the network's
         # Python code runs once per trace, and the trace serves every round and every call.
         @tf.function(autograph=False)
-        def flow_gradients(trainable, non_trainable):
-            values = {"trainable": trainable, "non_trainable": non_trainable}
+        def flow_gradients(masks):
+            values = {
+                group: [None if v is None else tf.convert_to_tensor(v) for v in variables]
+                for group, variables in self._parameters.items()
+            }
+            for (group, index), mask in zip(mask_slots, masks, strict=True):
+                values[group][index] = mask
+            trainable, non_trainable = values["trainable"], values["non_trainable"]
             kernels = [values[group][index] for group, index in slots]
             with tf.GradientTape() as tape:
                 tape.watch(kernels)
@@ -266,17 +275,27 @@ class _Flow:
         """Reads the model's current parameters: the transformed values R is computed from,
         and each kernel's factor |w t'(w)|."""
         transform = self._linearisation.transform
-        self._values = {}
+        first = self._parameters is None
+        if first:
+            self._parameters = {}
+        masks = {self._mask_slots[path][:2] for path in self._mask_slots}
         for group, sources in self._sources.items():
-            values = []
-            for source, dtype, transformed in sources:
+            variables = self._parameters.setdefault(group, [])
+            for index, (source, dtype, transformed) in enumerate(sources):
+                if (group, index) in masks:
+                    if first:
+                        variables.append(None)
+                    continue
                 value = np.asarray(source.numpy())
                 if transformed and np.issubdtype(value.dtype, np.floating):
                     # In float64, rounded once to the network's dtype: a float32 square of a
                     # float32 weight would round twice on the float64 copy.
                     value = transform(value.astype(np.float64))
-                values.append(tf.constant(value, dtype=dtype))
-            self._values[group] = values
+                value = tf.constant(value, dtype=dtype)
+                if first:
+                    variables.append(tf.Variable(value, trainable=False))
+                else:
+                    variables[index].assign(value)
         self._factors = {
             path: self._linearisation.kernel_factor(np.float64(w.kernel.numpy()))
             for path, w in weights.items()
@@ -285,11 +304,12 @@ class _Flow:
     def scores(self, weights) -> dict[str, np.ndarray]:
         """Returns `{path: |w ⊙ ∂R/∂w|}` under the model's current masks."""
         name, described = self._linearisation.method, self._linearisation.described
-        values = {group: list(tensors) for group, tensors in self._values.items()}
-        for path, (group, index, dtype) in self._mask_slots.items():
-            values[group][index] = tf.constant(weights[path].mask.numpy(), dtype=dtype)
+        masks = [
+            tf.constant(weights[path].mask.numpy(), dtype=dtype)
+            for path, (_, _, dtype) in self._mask_slots.items()
+        ]
         with _ones_responses(self._ones_layers), unwrapped_errors():
-            flow, grads = self._flow_gradients(values["trainable"], values["non_trainable"])
+            flow, grads = self._flow_gradients(masks)
         grads = [np.float64(g.numpy()) for g in grads]
         if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
             raise ModelError(
