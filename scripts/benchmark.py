@@ -238,7 +238,7 @@ def bench_scorers(model_names, repeats, methods=None):
         (step, step_cpu), (first, first_cpu), (warm, warm_cpu) = t["step"], t["first"], t["warm"]
         target = (RESNET50_SYNFLOW_TARGET if network == "resnet50"
                   else SCORER_TARGETS.get(method) if network != "lenet_300_100" else None)
-        reference = SCORER_PYTORCH.get(method) if network == "resnet20" else None
+        reference = SCORER_PYTORCH.get(method) if network.endswith("resnet20") else None
         verdict = "" if target is None else (
             "pass" if first / step <= target else
             "pass (CPU)" if first_cpu / step_cpu <= target else "fail"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import keras
 import numpy as np
@@ -399,6 +401,11 @@ def test_synflow_traces_and_copies_once_per_model_and_reads_the_current_weights(
     scores = tfprune.score(model, "synflow")
     np.testing.assert_equal(scores, tfprune.score(twin, "synflow"))
     assert _synflow_trace_count(model) == 1
+    # The cached copy and trace die with the model.
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp"])

@@ -193,6 +193,11 @@ def cached_function(model: keras.Model, key: tuple, make):
     return functions[key]
 
 
+def forget_function(model: keras.Model, key: tuple) -> None:
+    """Drops the cached function of `(model, key)`, if any."""
+    _FUNCTIONS.get(model, {}).pop(key, None)
+
+
 def scoring_function(model: keras.Model, key: tuple, make, batches: int):
     """The function `make()` returns, run eagerly for one batch or traced for several.
 

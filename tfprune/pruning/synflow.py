@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -53,6 +54,7 @@ from tfprune.layers import MaskedLayer
 from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
+    forget_function,
     stateless_outputs,
     unwrapped_errors,
 )
@@ -164,6 +166,10 @@ def _flow_of(model: keras.Model, weights, input_shape, linearisation) -> _Flow:
     key = ("flow", linearisation.method, tuple(tuple(shape) for shape in shapes), tuple(weights))
     flow = cached_function(model, key, lambda: _make_flow(model, weights, shapes, linearisation))
     if flow.fallback is not None:
+        # A flow on the model itself holds the model, which a cache entry must not (it would
+        # keep the model alive): it serves this call only.
+        forget_function(model, key)
+    if flow.fallback is not None:
         logging.warning(
             "%s computes on model %r itself in %s: %s",
             linearisation.method,
@@ -211,7 +217,9 @@ class _Flow:
     fallback = None
 
     def __init__(self, model, network, weights, shapes, ones_layers, pairs, linearisation):
-        self.model = model
+        # Weakly: the flow lives in a cache entry that dies with the model.
+        self._model = weakref.ref(model)
+        self._name = model.name
         self._linearisation = linearisation
         self._ones_layers = ones_layers
         masks = {id(w.mask): path for path, w in weights.items()}
@@ -271,6 +279,11 @@ class _Flow:
         self._flow_gradients = flow_gradients
         self._dtype = network.compute_dtype
 
+    @property
+    def model(self) -> keras.Model | None:
+        """The model scored (None once it is gone)."""
+        return self._model()
+
     def read_parameters(self, weights) -> None:
         """Reads the model's current parameters: the transformed values R is computed from,
         and each kernel's factor |w t'(w)|."""
@@ -313,7 +326,7 @@ class _Flow:
         grads = [np.float64(g.numpy()) for g in grads]
         if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
             raise ModelError(
-                f"{name}'s R, the output sum of the {described} {self.model.name!r}, "
+                f"{name}'s R, the output sum of the {described} {self._name!r}, "
                 f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
                 "(a functional or Sequential model whose layers rebuild from get_config)"
             )
@@ -326,7 +339,7 @@ class _Flow:
                 "%s scores every weight of %r 0: its output sum does not depend on the "
                 "kernels (a softmax output sums to 1: score the logits)",
                 name,
-                self.model.name,
+                self._name,
             )
         return scores
 
