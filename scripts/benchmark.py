@@ -1,12 +1,16 @@
 """Benchmarks of tfprune, printed as tables of ratios against a baseline measured in the same run.
 
     python scripts/benchmark.py [--models=lenet_300_100,resnet20] [--repeats=5]
-        [--sections=scorers,export,train] [--threads=1]
+        [--sections=scorers,export,train] [--threads=1] [--scorers=snip,grasp,synflow]
 
-Scorers: each scorer's time on the pruning batch (10 examples per class, as SPEC §2 draws it)
-as a multiple of one training step of the same network on the same batch, both measured warm
-(after a first call that traces the TensorFlow functions; the first call's time is printed too),
-and SynFlow's 100 rounds in seconds, end to end on a fresh network.
+Scorers: each scorer's whole `tfprune.prune` call as a user makes it (its default rounds: 100
+for SynFlow, in float64; the pruning batch of 10 examples per class, as SPEC §2 draws it), each
+network and method in a fresh process: the first call (tracing included) and warm calls on the
+same model, as multiples of one `model.fit` step of the same network at batch 128, measured
+alternately with the calls in the same process; wall-clock and CPU time (on a busy machine the
+CPU-time ratio is the steadier one), with the targets and the PyTorch reference.
+`--models=resnet50` (scorers section only) adds SynFlow on keras.applications ResNet50 at
+64×64×3, converted with `tfprune.masked`.
 
 Export: inference latency of each network at density 0.05 (global magnitude pruning) against
 the same network unpruned, on CPU, at batch 1 and 32: TFLite (float32) with the XNNPACK delegate
@@ -52,6 +56,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tfprune  # noqa: E402
+from tfprune import registry  # noqa: E402
 from tfprune.layers.precision import dtype_policy  # noqa: E402
 from tfprune.training import TrainConfig, Trainer  # noqa: E402
 
@@ -103,38 +108,153 @@ def _train_step_seconds(model, x, y, repeats):
     return _timed(_step_runner(model, x, y), repeats)[1]
 
 
-def bench_scorers(model_names, repeats):
-    print("\n## Scorers (warm time as a multiple of one training step on the same batch)\n")
-    print("| network | train step (s) | method | first call (s) | warm (s) | × step |")
-    print("|---|---|---|---|---|---|")
-    synflow_rows = []
-    for name in model_names:
-        shape = SHAPES[name]
-        x, y = _pruning_batch(shape)
-        keras.utils.set_random_seed(0)
-        model = tfprune.models.build(name, shape, NUM_CLASSES)
-        step = _train_step_seconds(model, x, y, repeats)
-        for method in tfprune.scorer_names():
-            keras.utils.set_random_seed(0)
-            scored = tfprune.models.build(name, shape, NUM_CLASSES)
-            data = (x, y)
-            cold, warm = _timed(
-                lambda m=method, s=scored, d=data: tfprune.score(s, m, d), repeats
+#: Targets and the PyTorch reference (Synaptic-Flow's code, measured the same way), in training
+#: steps of the same network, for a whole scoring call.
+SCORER_TARGETS = {"snip": 2.0, "grasp": 6.0, "synflow": 10.0}
+SCORER_PYTORCH = {"snip": 0.6, "grasp": 5.4, "synflow": 7.6}
+RESNET50_SYNFLOW_TARGET = 30.0
+SCORER_DENSITY = 0.1
+FIT_BATCH = 128
+
+
+def _stock_resnet20(shape, classes):
+    """ResNet-20 from stock Keras layers (shortcuts added with `+`), for `tfprune.masked`."""
+    inputs = keras.Input(shape)
+
+    def conv(x, filters, kernel, strides=1):
+        return keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False)(x)
+
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(inputs, 16, 3)))
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            strides = 2 if stage and not block else 1
+            h = keras.layers.ReLU()(keras.layers.BatchNormalization()(conv(x, filters, 3, strides)))
+            h = keras.layers.BatchNormalization()(conv(h, filters, 3))
+            shortcut = x
+            if strides != 1 or x.shape[-1] != filters:
+                shortcut = keras.layers.BatchNormalization()(conv(x, filters, 1, strides))
+            x = keras.layers.ReLU()(h + shortcut)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes)(x), name="stock_resnet20")
+
+
+SCORER_NETWORKS = {
+    "resnet20": ((32, 32, 3), lambda s: tfprune.models.build("resnet20", s, NUM_CLASSES)),
+    "stock_resnet20": ((32, 32, 3), lambda s: tfprune.masked(_stock_resnet20(s, NUM_CLASSES))),
+    "lenet_300_100": ((28, 28, 1), lambda s: tfprune.models.build("lenet_300_100", s, NUM_CLASSES)),
+    "resnet50": (
+        (64, 64, 3),
+        lambda s: tfprune.masked(
+            keras.applications.ResNet50(
+                weights=None, input_shape=s, classes=NUM_CLASSES, classifier_activation=None
             )
-            print(f"| {name} | {step:.4f} | {method} | {cold:.3f} | {warm:.4f} | "
-                  f"{warm / step:.2f} |")
-        if "synflow" in tfprune.scorer_names():
-            keras.utils.set_random_seed(0)
-            fresh = tfprune.models.build(name, shape, NUM_CLASSES)
-            start = time.perf_counter()
-            tfprune.prune(fresh, "synflow", 0.8**20, rounds=100)
-            synflow_rows.append((name, time.perf_counter() - start))
-    if synflow_rows:
-        print("\n## SynFlow, 100 rounds to density 0.8^20, end to end on a fresh network\n")
-        print("| network | seconds |")
-        print("|---|---|")
-        for name, seconds in synflow_rows:
-            print(f"| {name} | {seconds:.1f} |")
+        ),
+    ),
+}
+
+
+def _fit_step_runner(model, shape, steps):
+    """Runs `steps` `model.fit` steps of a copy of `model` at batch FIT_BATCH."""
+    x = np.random.default_rng(1).random((FIT_BATCH, *shape), dtype=np.float32)
+    y = np.random.default_rng(2).integers(0, NUM_CLASSES, FIT_BATCH).astype(np.int32)
+    copy = keras.models.clone_model(model)
+    copy.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    copy.fit(dataset, epochs=1, verbose=0)  # traces the step
+    return lambda: copy.fit(dataset, epochs=1, verbose=0)
+
+
+def _clock():
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start):
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def _scorer_child(network, method, repeats, queue):
+    """In a fresh process: the whole `tfprune.prune` call of `method` (its default rounds) on
+    `network`, first (tracing included) and warm (the same model again, masks reset), and one
+    `model.fit` step, measured alternately; seconds of wall and of CPU time (this process's
+    threads), the medians of the warm calls and of the steps."""
+    shape, build = SCORER_NETWORKS[network]
+    keras.utils.set_random_seed(0)
+    model = build(shape)
+    data = _pruning_batch(shape) if registry.get(method).needs_data else None
+    steps = 2 if network == "resnet50" else 4
+    fit = _fit_step_runner(model, shape, steps)
+    ones = {path: np.ones_like(mask) for path, mask in tfprune.get_masks(model).items()}
+    step, calls = [], []
+    for _ in range(repeats + 1):
+        start = _clock()
+        fit()
+        step.append(tuple(t / steps for t in _since(start)))
+        tfprune.assign_masks(model, ones)
+        start = _clock()
+        tfprune.prune(model, method, SCORER_DENSITY, data)
+        calls.append(_since(start))
+    queue.put(
+        {
+            "step": tuple(statistics.median(t[k] for t in step) for k in (0, 1)),
+            "first": calls[0],
+            "warm": tuple(
+                statistics.median(t[k] for t in calls[1:]) if calls[1:] else float("nan")
+                for k in (0, 1)
+            ),
+        }
+    )
+
+
+def _scorer_times(network, method, repeats):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_scorer_child, args=(network, method, repeats, queue))
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"scoring {network} with {method} failed (exit {process.exitcode})")
+    return queue.get()
+
+
+def bench_scorers(model_names, repeats, methods=None):
+    """Each scorer's whole `prune` call (default rounds: 100 for SynFlow, in float64) against
+    one `model.fit` step of the same network at batch 128, each in a fresh process."""
+    networks = [n for n in ("resnet20", "stock_resnet20", "lenet_300_100") if n in model_names or
+                (n == "stock_resnet20" and "resnet20" in model_names)]
+    methods = methods or tfprune.scorer_names()
+    print(f"\n## Scorers: one whole prune call (fresh process, tracing included; and warm) in "
+          f"model.fit steps of the same network (batch {FIT_BATCH}), pruning batch "
+          f"{NUM_CLASSES * EXAMPLES_PER_CLASS} examples, density {SCORER_DENSITY}, default "
+          f"rounds; median of {repeats} warm calls and of the steps, measured alternately\n")
+    print("Wall-clock ratios suffer most from other processes on a shared machine; the CPU-time "
+          "ratios (this process's threads) suffer least.\n")
+    print("| network | method | rounds | step wall (s) | first wall (s) | first × step | "
+          "warm × step | step CPU (s) | first CPU × step | warm CPU × step | target | "
+          "PyTorch | pass |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cells = [(n, m) for n in networks for m in methods]
+    if "synflow" in methods and "resnet50" in model_names:
+        cells.append(("resnet50", "synflow"))
+    for network, method in cells:
+        # ResNet50's SynFlow takes minutes: its first call only.
+        t = _scorer_times(network, method, 0 if network == "resnet50" else repeats)
+        (step, step_cpu), (first, first_cpu), (warm, warm_cpu) = t["step"], t["first"], t["warm"]
+        target = (RESNET50_SYNFLOW_TARGET if network == "resnet50"
+                  else SCORER_TARGETS.get(method) if network != "lenet_300_100" else None)
+        reference = SCORER_PYTORCH.get(method) if network.endswith("resnet20") else None
+        verdict = "" if target is None else (
+            "pass" if first / step <= target else
+            "pass (CPU)" if first_cpu / step_cpu <= target else "fail"
+        )
+        print(f"| {network} | {method} | {registry.get(method).default_rounds} | "
+              f"{step:.3f} | {first:.2f} | {first / step:.1f} | {warm / step:.1f} | "
+              f"{step_cpu:.3f} | {first_cpu / step_cpu:.1f} | {warm_cpu / step_cpu:.1f} | "
+              f"{'' if target is None else f'≤ {target:g}'} | "
+              f"{'' if reference is None else reference} | {verdict} |", flush=True)
 
 
 EXPORT_DENSITY = 0.05
@@ -522,9 +642,12 @@ def main():
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, from {', '.join(SECTIONS)}")
     parser.add_argument("--threads", type=int, default=1, help="TFLite interpreter threads")
+    parser.add_argument("--scorers", default="",
+                        help="comma-separated methods of the scorers section (default: all); "
+                        "--models=...,resnet50 adds SynFlow on ResNet50 at 64x64")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
-    unknown = [n for n in names if n not in SHAPES]
+    unknown = [n for n in names if n not in SHAPES and n != "resnet50"]
     if unknown:
         parser.error(f"unknown network {unknown[0]!r}; choose from {', '.join(SHAPES)}")
     sections = [s for s in args.sections.split(",") if s]
@@ -534,7 +657,7 @@ def main():
     print(f"tfprune {tfprune.__version__}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores")
     if "scorers" in sections:
-        bench_scorers(names, args.repeats)
+        bench_scorers(names, args.repeats, [m for m in args.scorers.split(",") if m])
     if "export" in sections:
         bench_export(names, args.repeats, args.threads)
     if "train" in sections:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import keras
 import numpy as np
@@ -368,6 +370,101 @@ def test_synflow_runs_100_rounds_by_default_and_copies_once(monkeypatch):
     np.testing.assert_allclose(
         calls[1:], [round(0.1 ** (i / 100) * total) / total for i in range(1, 100)]
     )
+
+
+def _synflow_trace_count(model) -> int:
+    flow = synflow._flow_of(model, prunable_weights(model), None, synflow.ABSOLUTE)
+    return flow._flow_gradients.experimental_get_tracing_count()
+
+
+def test_synflow_traces_and_copies_once_per_model_and_reads_the_current_weights(monkeypatch):
+    copies = []
+    real_copy = synflow._float64_copy
+    monkeypatch.setattr(synflow, "_float64_copy", lambda m: copies.append(m.name) or real_copy(m))
+    model, twin = _cnn(seed=8), _cnn(seed=8)
+    first = tfprune.prune(model, "synflow", 0.3, rounds=4)
+    # New weights and a fresh start: the second call reuses the copy and the trace, and
+    # scores what a fresh model with those weights scores.
+    rng = np.random.default_rng(9)
+    for a, b in zip(model.trainable_variables, twin.trainable_variables, strict=True):
+        value = rng.normal(size=tuple(a.shape))
+        a.assign(value)
+        b.assign(value)
+    tfprune.assign_masks(model, {p: np.ones_like(m) for p, m in first.items()})
+    again = tfprune.prune(model, "synflow", 0.3, rounds=4)
+    assert copies == ["cnn"]
+    assert _synflow_trace_count(model) == 1
+    expected = tfprune.prune(twin, "synflow", 0.3, rounds=4)
+    for path in expected:
+        np.testing.assert_array_equal(again[path], expected[path], err_msg=path)
+    assert any(np.any(again[p] != first[p]) for p in first)  # the new weights were read
+    scores = tfprune.score(model, "synflow")
+    np.testing.assert_equal(scores, tfprune.score(twin, "synflow"))
+    assert _synflow_trace_count(model) == 1
+    # The cached copy and trace die with the model.
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_one_batch_runs_eagerly_and_gives_the_traced_masks(method):
+    """One batch is scored eagerly; after a call on several batches has traced the scorer,
+    the same batch is scored by the trace: the same masks, and no retracing after that."""
+    from tfprune.pruning.scorers import _FUNCTIONS
+
+    x, y = _cnn_data(24)
+    model = _cnn(seed=10)
+    eager = tfprune.score(model, method, data=(x, y), batch_size=24)
+    assert model not in _FUNCTIONS or not _FUNCTIONS[model]
+    tfprune.score(model, method, data=(x, y), batch_size=12)  # two batches: traced
+    (traced_functions,) = _FUNCTIONS[model].values()
+    traced = tfprune.score(model, method, data=(x, y), batch_size=24)
+    tfprune.score(model, method, data=(x, y), batch_size=12)
+    for function in tf.nest.flatten(traced_functions):
+        # Two batches of 12 trace once; one batch of 24 (and, for GraSP, its own gradient
+        # as g) once more.
+        assert function.experimental_get_tracing_count() <= 2
+    counts = [f.experimental_get_tracing_count() for f in tf.nest.flatten(traced_functions)]
+    tfprune.score(model, method, data=(x, y), batch_size=24)
+    tfprune.score(model, method, data=(x, y), batch_size=12)
+    assert [f.experimental_get_tracing_count() for f in tf.nest.flatten(traced_functions)] == (
+        counts
+    )
+    for path, value in eager.items():
+        scale = float(np.abs(value).max())
+        np.testing.assert_allclose(
+            traced[path], value, **tolerance(np.float32, 100, scale), err_msg=path
+        )
+    for density in (0.2, 0.5, 0.8):
+        np.testing.assert_equal(
+            tfprune.select(eager, tfprune.get_masks(model), density),
+            tfprune.select(traced, tfprune.get_masks(model), density),
+        )
+
+
+def test_grasp_of_one_batch_in_one_pass_equals_two_passes():
+    from tfprune._keras_compat import exact_batch_moments
+    from tfprune.pruning import grasp
+    from tfprune.pruning._losses import DEFAULT_LOSS
+    from tfprune.pruning.scorers import variable_values
+
+    model = _cnn(seed=12)
+    x, y = _cnn_data(16)
+    weights = prunable_weights(model)
+    scorer = GraspScorer()
+    gradient, hessian_gradient = scorer._functions(model, weights, DEFAULT_LOSS)
+    trainable = variable_values(model.trainable_variables)
+    non_trainable = variable_values(model.non_trainable_variables)
+    x, y = tf.constant(x), tf.constant(y)
+    with exact_batch_moments(model):
+        one_pass = hessian_gradient(trainable, non_trainable, x, y, None)
+        two_passes = grasp._hessian_gradient(
+            gradient, hessian_gradient, trainable, non_trainable, weights, [(x, y)], [16]
+        )
+    for a, b in zip(one_pass, two_passes, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b)
 
 
 def test_synflow_one_round_is_single_shot_selection():

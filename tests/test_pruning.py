@@ -13,6 +13,7 @@ from tfprune import streams
 from tfprune.errors import ConfigError, DataError, ModelError
 from tfprune.layers import MaskedConv2D, MaskedDense, prunable_weights
 from tfprune.pruning import api, collapsed_layers
+from tfprune.pruning.selection import select_counts
 
 # ---------------------------------------------------------------------------------------------
 # SPEC §1 Selection: exactly round(d * N) kept, stable ties, no revival, invert = bottom-k.
@@ -102,6 +103,21 @@ def test_tie_order_follows_mask_order():
     assert list(result) == ["y", "x"]
     np.testing.assert_array_equal(result["y"], [1, 1])
     np.testing.assert_array_equal(result["x"], [0, 0])
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_selection_equals_a_stable_sort_with_many_ties(invert):
+    # Scores from five values (signed zeros among them) over 2,000 weights, a third of them
+    # pruned: every count keeps what a stable sort of the alive scores keeps, first `count`.
+    rng = np.random.default_rng(5)
+    values = np.array([-1.5, -0.0, 0.0, 2.0, 7.25])
+    scores = {"k": values[rng.integers(0, 5, 2000)]}
+    alive = (rng.random(2000) > 1 / 3).astype(np.float32)
+    alive_index = np.flatnonzero(alive)
+    order = np.argsort(scores["k"][alive_index] * (1 if invert else -1), kind="stable")
+    for count in (0, 1, 37, 400, 401, 999, alive_index.size - 1, alive_index.size):
+        mask = select_counts(scores, {"k": alive}, {"k": count}, invert)["k"]
+        np.testing.assert_array_equal(np.flatnonzero(mask), np.sort(alive_index[order[:count]]))
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])

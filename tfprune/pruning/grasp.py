@@ -9,10 +9,10 @@ import tensorflow as tf
 from tfprune._keras_compat import exact_batch_moments
 from tfprune.pruning._losses import DEFAULT_LOSS
 from tfprune.pruning.scorers import (
-    cached_function,
     dense_gradients,
     kernel_positions,
     positive_number,
+    scoring_function,
     stateless_outputs,
     unwrapped_errors,
     variable_values,
@@ -67,36 +67,29 @@ class GraspScorer(Scorer):
     def __call__(self, model, weights, batches, rng):
         loss = getattr(batches, "loss", DEFAULT_LOSS)
         sizes = getattr(batches, "sizes", None) or [len(y) for _, y in batches]
-        gradient, hessian_gradient = self._functions(model, weights, loss)
+        key = ("grasp", tuple(weights), self.temperature, self.from_logits, loss.key)
+        gradient, hessian_gradient = scoring_function(
+            model, key, lambda: self._functions(model, weights, loss), len(sizes)
+        )
         trainable = variable_values(model.trainable_variables)
         non_trainable = variable_values(model.non_trainable_variables)
-        total = sum(sizes)
         with exact_batch_moments(model), unwrapped_errors():
-            g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
-            for size, (x, y) in zip(sizes, batches, strict=True):
-                for acc, grad in zip(g, gradient(trainable, non_trainable, x, y), strict=True):
-                    acc += (size / total) * grad.numpy()
-            g = [
-                tf.constant(acc, dtype=w.kernel.dtype)
-                for acc, w in zip(g, weights.values(), strict=True)
-            ]
-            hg = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
-            for size, (x, y) in zip(sizes, batches, strict=True):
-                products = hessian_gradient(trainable, non_trainable, x, y, g)
-                for acc, product in zip(hg, products, strict=True):
-                    acc += (size / total) * product.numpy()
+            if len(sizes) == 1:
+                # g is this batch's gradient: H g in one pass, with the same operations.
+                ((x, y),) = batches
+                hg = [p.numpy() for p in hessian_gradient(trainable, non_trainable, x, y, None)]
+            else:
+                hg = _hessian_gradient(
+                    gradient, hessian_gradient, trainable, non_trainable, weights, batches, sizes
+                )
         return {
-            path: np.float64(w.kernel.numpy()) * product
+            path: np.float64(w.kernel.numpy()) * np.asarray(product, dtype=np.float64)
             for (path, w), product in zip(weights.items(), hg, strict=True)
         }
 
-    def _functions(self, model, weights, loss):
-        """Returns the traced `(gradient, hessian_gradient)` of `model`, cached per model and
-        loss."""
-        key = ("grasp", tuple(weights), self.temperature, self.from_logits, loss.key)
-        return cached_function(model, key, lambda: self._trace(model, weights, loss))
-
-    def _trace(self, model, weights, pruning_loss):
+    def _functions(self, model, weights, pruning_loss):
+        """The plain `(gradient, hessian_gradient)` of `model` and the pruning loss;
+        `hessian_gradient(..., g=None)` takes the batch's own gradient for g."""
         kernel_index = kernel_positions(model, weights)
 
         def loss(trainable, non_trainable, x, y):
@@ -114,7 +107,6 @@ class GraspScorer(Scorer):
                 )
             )
 
-        @tf.function(reduce_retracing=True)
         def gradient(trainable, non_trainable, x, y):
             kernels = [trainable[i] for i in kernel_index]
             with tf.GradientTape() as tape:
@@ -122,7 +114,6 @@ class GraspScorer(Scorer):
                 value = loss(trainable, non_trainable, x, y)
             return dense_gradients(tape, value, kernels)
 
-        @tf.function(reduce_retracing=True)
         def hessian_gradient(trainable, non_trainable, x, y, g):
             kernels = [trainable[i] for i in kernel_index]
             with tf.GradientTape() as outer:
@@ -131,10 +122,32 @@ class GraspScorer(Scorer):
                     inner.watch(kernels)
                     value = loss(trainable, non_trainable, x, y)
                 grads = dense_gradients(inner, value, kernels)
-                # g enters as an input, so it is a constant: only ∇L is differentiated again.
+                if g is None:
+                    g = [tf.stop_gradient(grad) for grad in grads]
+                # g is a constant (an input, or a stopped gradient): only ∇L is
+                # differentiated again.
                 inner_product = tf.add_n(
                     [tf.reduce_sum(a * b) for a, b in zip(g, grads, strict=True)]
                 )
             return dense_gradients(outer, inner_product, kernels)
 
         return gradient, hessian_gradient
+
+
+def _hessian_gradient(
+    gradient, hessian_gradient, trainable, non_trainable, weights, batches, sizes
+):
+    """H g over several batches: g their size-weighted mean gradient, then the size-weighted
+    mean of the per-batch products H_b g, as float64 numpy arrays."""
+    total = sum(sizes)
+    g = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
+    for size, (x, y) in zip(sizes, batches, strict=True):
+        for acc, grad in zip(g, gradient(trainable, non_trainable, x, y), strict=True):
+            acc += (size / total) * grad.numpy()
+    g = [tf.constant(acc, dtype=w.kernel.dtype) for acc, w in zip(g, weights.values(), strict=True)]
+    hg = [np.zeros(tuple(w.kernel.shape)) for w in weights.values()]
+    for size, (x, y) in zip(sizes, batches, strict=True):
+        products = hessian_gradient(trainable, non_trainable, x, y, g)
+        for acc, product in zip(hg, products, strict=True):
+            acc += (size / total) * product.numpy()
+    return hg

@@ -77,15 +77,17 @@ def kernel_gradients(
     whether they are logits). A plain list of `(x, y)` batches uses the default.
 
     The model runs statelessly, so BatchNorm in training mode uses batch statistics without
-    touching the moving averages. Gradients are float64 numpy arrays. The traced gradient
-    function is cached per model and loss, so scoring the same model again costs no retracing.
+    touching the moving averages. Gradients are float64 numpy arrays. One batch (the usual
+    pruning batch) is differentiated eagerly; for several, the gradient function is traced
+    once per model and loss (see `scoring_function`).
     """
     loss = getattr(batches, "loss", DEFAULT_LOSS)
     sizes = getattr(batches, "sizes", None) or [len(y) for _, y in batches]
-    function = cached_function(
+    function = scoring_function(
         model,
         ("kernel_gradients", tuple(weights), from_logits, training, loss.key),
-        lambda: _make_kernel_gradients(model, weights, from_logits, training, loss),
+        lambda: _kernel_gradients(model, weights, from_logits, training, loss),
+        len(sizes),
     )
     trainable_values = variable_values(model.trainable_variables)
     non_trainable_values = variable_values(model.non_trainable_variables)
@@ -191,10 +193,58 @@ def cached_function(model: keras.Model, key: tuple, make):
     return functions[key]
 
 
-def _make_kernel_gradients(model, weights, from_logits, training, loss):
+def forget_function(model: keras.Model, key: tuple) -> None:
+    """Drops the cached function of `(model, key)`, if any."""
+    _FUNCTIONS.get(model, {}).pop(key, None)
+
+
+def scoring_function(model: keras.Model, key: tuple, make, batches: int):
+    """The function `make()` returns, run eagerly for one batch or traced for several.
+
+    Tracing a scoring function and optimising its graph for the first run cost several
+    training steps of the same network, more than running it eagerly once: a scorer called on
+    one batch (the pruning batch SPEC §2 draws) runs eagerly. On several batches the trace
+    pays for itself; it is made once per `(model, key)` (`cached_function`) and reused by
+    every later call, one batch or more.
+
+    Args:
+        model: The model scored, which the traced function's cache entry lives with.
+        key: What else the function depends on (method, options, loss).
+        make: Returns the plain Python function (or a tuple of functions, each traced).
+        batches: The number of batches it is about to run on.
+    """
+    if batches > 1 or key in _FUNCTIONS.get(model, {}):
+        return cached_function(model, key, lambda: _each(make(), _traced))
+    return _each(make(), _eager)
+
+
+def _each(functions, wrap):
+    """`wrap` applied to one function or to each of a tuple of them."""
+    if isinstance(functions, tuple):
+        return tuple(wrap(function) for function in functions)
+    return wrap(functions)
+
+
+def _traced(function):
+    return tf.function(function, reduce_retracing=True)
+
+
+def _eager(function):
+    """`function` taking its numpy arguments as tensors, as a `tf.function` does."""
+
+    def run(*args):
+        return function(*tf.nest.map_structure(_as_tensor, args))
+
+    return run
+
+
+def _as_tensor(value):
+    return tf.convert_to_tensor(value) if isinstance(value, (np.ndarray, np.generic)) else value
+
+
+def _kernel_gradients(model, weights, from_logits, training, loss):
     kernel_index = kernel_positions(model, weights)
 
-    @tf.function(reduce_retracing=True)
     def gradients(trainable_values, non_trainable_values, x, y):
         with tf.GradientTape() as tape:
             tape.watch(trainable_values)

@@ -89,7 +89,8 @@ def select(
     if scope == "layer":
         counts = {p: max(kept_count(density, masks[p].size), floors[p]) for p in paths}
         return select_counts(scores, masks, counts, invert)
-    reserved = select_counts(scores, masks, floors, invert)
+    # The floors' weights are chosen first (none without a floor), then the rest globally.
+    reserved = select_counts(scores, masks, floors, invert) if any(floors.values()) else {}
     total = sum(m.size for m in masks.values())
     remaining = kept_count(density, total) - sum(int(r.sum()) for r in reserved.values())
     if remaining < 0:
@@ -97,13 +98,15 @@ def select(
             f"min_layer_density={min_layer_density} keeps more weights than density={density}"
         )
     flat_scores = np.concatenate([scores[p].ravel() for p in paths])
-    flat_alive = np.concatenate([(masks[p] * (1 - reserved[p])).ravel() for p in paths])
+    flat_alive = np.concatenate(
+        [(masks[p] * (1 - reserved[p]) if reserved else masks[p]).ravel() for p in paths]
+    )
     kept = _keep_top(flat_scores, flat_alive, remaining, invert)
     result, start = {}, 0
     for path in paths:
         size = masks[path].size
         chosen = kept[start : start + size].reshape(masks[path].shape)
-        result[path] = np.maximum(chosen, reserved[path])
+        result[path] = np.maximum(chosen, reserved[path]) if reserved else chosen
         start += size
     return result
 
@@ -157,13 +160,25 @@ def layer_floors(masks: dict[str, np.ndarray], min_layer_density) -> dict[str, i
 
 
 def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -> np.ndarray:
-    alive_index = np.flatnonzero(alive)
+    """A 0/1 array keeping the `count` best alive scores, ties to the lower flat index.
+
+    The same weights as a stable sort of the alive scores taking the first `count`, found in
+    linear time: the `count`-th best score is located by a partition, every better score is
+    kept, and the ties at that score go to the lowest indices.
+    """
     kept = np.zeros(scores.shape, dtype=np.float32)
+    if count <= 0:
+        return kept
+    alive_index = np.flatnonzero(alive)
     if count >= alive_index.size:
         kept[alive_index] = 1.0
         return kept
     candidate = scores[alive_index].astype(np.float64)
-    # A stable sort keeps equal scores in index order, so ties go to the lower flat index.
-    order = np.argsort(candidate if invert else -candidate, kind="stable")
-    kept[alive_index[order[:count]]] = 1.0
+    # Ascending order of `order` is the keeping order: the best come first.
+    order = candidate if invert else -candidate
+    threshold = np.partition(order, count - 1)[count - 1]
+    better = order < threshold
+    ties = np.flatnonzero(order == threshold)[: count - int(np.count_nonzero(better))]
+    kept[alive_index[better]] = 1.0
+    kept[alive_index[ties]] = 1.0
     return kept

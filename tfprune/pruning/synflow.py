@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -50,7 +51,13 @@ from absl import logging
 from tfprune._keras_compat import all_layers, is_functional
 from tfprune.errors import ConfigError, ModelError
 from tfprune.layers import MaskedLayer
-from tfprune.pruning.scorers import dense_gradients, stateless_outputs, unwrapped_errors
+from tfprune.pruning.scorers import (
+    cached_function,
+    dense_gradients,
+    forget_function,
+    stateless_outputs,
+    unwrapped_errors,
+)
 from tfprune.registry import Scorer
 
 _DTYPE = "float64"
@@ -98,8 +105,9 @@ class SynflowScorer(Scorer):
     does not rebuild from its configuration) is scored on itself, in its own dtype, with the
     same absolute values passed in statelessly (see the module docstring).
 
-    The network and its traced gradient are built on the first call and reused by the later
-    rounds of the same `prune` call, which only refresh the masks.
+    The float64 copy and its traced gradient are built once per model and input shape, and
+    reused by every later call on that model (`score` or `prune`, any number of rounds): a
+    call reads the model's current parameters once, and each round feeds the current masks.
 
     Attributes:
         input_shape: The shape of one example without the batch axis (a tuple per input for
@@ -123,7 +131,7 @@ class SynflowScorer(Scorer):
 
     def __call__(self, model, weights, batches, rng):
         if self._flow is None or self._flow.model is not model:
-            self._flow = _make_flow(model, weights, self.input_shape, self.linearisation)
+            self._flow = _flow_of(model, weights, self.input_shape, self.linearisation)
         return self._flow.scores(weights)
 
 
@@ -151,22 +159,38 @@ class SynflowL2Scorer(SynflowScorer):
     linearisation = SQUARE
 
 
-def _make_flow(model: keras.Model, weights, input_shape, linearisation=ABSOLUTE) -> _Flow:
-    """The float64 copy's flow, or the model's own when the copy cannot be built."""
+def _flow_of(model: keras.Model, weights, input_shape, linearisation) -> _Flow:
+    """The flow of `model` for one scoring call: built once per model, input shape and
+    method (`cached_function`), with the model's current parameters read in."""
     shapes = _input_shapes(model, input_shape)
-    ones_layers = _ones_response_layers(model)
-    try:
-        copy = _float64_copy(model)
-        pairs = _paired_variables(model, copy)
-    except ModelError as error:
+    key = ("flow", linearisation.method, tuple(tuple(shape) for shape in shapes), tuple(weights))
+    flow = cached_function(model, key, lambda: _make_flow(model, weights, shapes, linearisation))
+    if flow.fallback is not None:
+        # A flow on the model itself holds the model, which a cache entry must not (it would
+        # keep the model alive): it serves this call only.
+        forget_function(model, key)
+    if flow.fallback is not None:
         logging.warning(
             "%s computes on model %r itself in %s: %s",
             linearisation.method,
             model.name,
             model.compute_dtype,
-            error,
+            flow.fallback,
         )
-        return _Flow(model, model, weights, shapes, ones_layers, None, linearisation)
+    flow.read_parameters(weights)
+    return flow
+
+
+def _make_flow(model: keras.Model, weights, shapes, linearisation=ABSOLUTE) -> _Flow:
+    """The float64 copy's flow, or the model's own when the copy cannot be built."""
+    ones_layers = _ones_response_layers(model)
+    try:
+        copy = _float64_copy(model)
+        pairs = _paired_variables(model, copy)
+    except ModelError as error:
+        flow = _Flow(model, model, weights, shapes, ones_layers, None, linearisation)
+        flow.fallback = error
+        return flow
     # The copy is private to the scorer, so its layers answer with their ones response for good.
     copy_ones_layers = _ones_response_layers(copy)
     for layer in copy_ones_layers:
@@ -189,14 +213,21 @@ class _Flow:
             default).
     """
 
+    #: Why R is computed on the model itself (the copy could not be built); None for a copy.
+    fallback = None
+
     def __init__(self, model, network, weights, shapes, ones_layers, pairs, linearisation):
-        self.model = model
+        # Weakly: the flow lives in a cache entry that dies with the model.
+        self._model = weakref.ref(model)
+        self._name = model.name
         self._linearisation = linearisation
         self._ones_layers = ones_layers
         masks = {id(w.mask): path for path, w in weights.items()}
         kernels = {id(w.kernel): path for path, w in weights.items()}
         statistics = _statistics(model)
-        self._values = {"trainable": [], "non_trainable": []}
+        # Per slot of the network's variables: the model variable it takes its value from,
+        # the network's dtype, and whether the linearisation transforms it.
+        self._sources = {"trainable": [], "non_trainable": []}
         self._mask_slots = {}
         kernel_slots = {}
         for group, variables in (
@@ -205,34 +236,36 @@ class _Flow:
         ):
             for index, variable in enumerate(variables):
                 source = variable if pairs is None else pairs[id(variable)]
-                value = np.asarray(source.numpy())
                 if id(source) in masks:
                     self._mask_slots[masks[id(source)]] = (group, index, variable.dtype)
                 elif id(source) in kernels:
                     kernel_slots[kernels[id(source)]] = (group, index)
-                if (
-                    np.issubdtype(value.dtype, np.floating)
-                    and id(source) not in masks
-                    and id(source) not in statistics
-                ):
-                    # In float64, rounded once to the network's dtype: a float32 square of a
-                    # float32 weight would round twice on the float64 copy.
-                    value = linearisation.transform(value.astype(np.float64))
-                self._values[group].append(tf.constant(value, dtype=variable.dtype))
-        self._factors = {
-            path: linearisation.kernel_factor(np.float64(w.kernel.numpy()))
-            for path, w in weights.items()
-        }
+                # Parameters are transformed; masks and statistics of the data are not.
+                transformed = id(source) not in masks and id(source) not in statistics
+                self._sources[group].append((source, variable.dtype, transformed))
+        # The values R is computed from, in variables of the flow's own (never the model's),
+        # so that a round passes only the masks; None in the masks' slots.
+        self._parameters = None
+        self._factors = None
         slots = [kernel_slots[path] for path in weights]
+        mask_slots = [self._mask_slots[path][:2] for path in self._mask_slots]
         dtypes = _input_dtypes(network, len(shapes))
         ones = [
             tf.ones((1, *shape), dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)
         ]
         ones = ones[0] if len(ones) == 1 else ones
 
-        @tf.function
-        def flow_gradients(trainable, non_trainable):
-            values = {"trainable": trainable, "non_trainable": non_trainable}
+        # Traced without AutoGraph, as Keras traces its own training step: the network's
+        # Python code runs once per trace, and the trace serves every round and every call.
+        @tf.function(autograph=False)
+        def flow_gradients(masks):
+            values = {
+                group: [None if v is None else tf.convert_to_tensor(v) for v in variables]
+                for group, variables in self._parameters.items()
+            }
+            for (group, index), mask in zip(mask_slots, masks, strict=True):
+                values[group][index] = mask
+            trainable, non_trainable = values["trainable"], values["non_trainable"]
             kernels = [values[group][index] for group, index in slots]
             with tf.GradientTape() as tape:
                 tape.watch(kernels)
@@ -246,18 +279,54 @@ class _Flow:
         self._flow_gradients = flow_gradients
         self._dtype = network.compute_dtype
 
+    @property
+    def model(self) -> keras.Model | None:
+        """The model scored (None once it is gone)."""
+        return self._model()
+
+    def read_parameters(self, weights) -> None:
+        """Reads the model's current parameters: the transformed values R is computed from,
+        and each kernel's factor |w t'(w)|."""
+        transform = self._linearisation.transform
+        first = self._parameters is None
+        if first:
+            self._parameters = {}
+        masks = {self._mask_slots[path][:2] for path in self._mask_slots}
+        for group, sources in self._sources.items():
+            variables = self._parameters.setdefault(group, [])
+            for index, (source, dtype, transformed) in enumerate(sources):
+                if (group, index) in masks:
+                    if first:
+                        variables.append(None)
+                    continue
+                value = np.asarray(source.numpy())
+                if transformed and np.issubdtype(value.dtype, np.floating):
+                    # In float64, rounded once to the network's dtype: a float32 square of a
+                    # float32 weight would round twice on the float64 copy.
+                    value = transform(value.astype(np.float64))
+                value = tf.constant(value, dtype=dtype)
+                if first:
+                    variables.append(tf.Variable(value, trainable=False))
+                else:
+                    variables[index].assign(value)
+        self._factors = {
+            path: self._linearisation.kernel_factor(np.float64(w.kernel.numpy()))
+            for path, w in weights.items()
+        }
+
     def scores(self, weights) -> dict[str, np.ndarray]:
         """Returns `{path: |w ⊙ ∂R/∂w|}` under the model's current masks."""
         name, described = self._linearisation.method, self._linearisation.described
-        values = {group: list(tensors) for group, tensors in self._values.items()}
-        for path, (group, index, dtype) in self._mask_slots.items():
-            values[group][index] = tf.constant(weights[path].mask.numpy(), dtype=dtype)
+        masks = [
+            tf.constant(weights[path].mask.numpy(), dtype=dtype)
+            for path, (_, _, dtype) in self._mask_slots.items()
+        ]
         with _ones_responses(self._ones_layers), unwrapped_errors():
-            flow, grads = self._flow_gradients(values["trainable"], values["non_trainable"])
+            flow, grads = self._flow_gradients(masks)
         grads = [np.float64(g.numpy()) for g in grads]
         if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
             raise ModelError(
-                f"{name}'s R, the output sum of the {described} {self.model.name!r}, "
+                f"{name}'s R, the output sum of the {described} {self._name!r}, "
                 f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
                 "(a functional or Sequential model whose layers rebuild from get_config)"
             )
@@ -270,7 +339,7 @@ class _Flow:
                 "%s scores every weight of %r 0: its output sum does not depend on the "
                 "kernels (a softmax output sums to 1: score the logits)",
                 name,
-                self.model.name,
+                self._name,
             )
         return scores
 
