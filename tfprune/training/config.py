@@ -54,8 +54,8 @@ class TrainConfig:
             replica, where XLA measured faster (`scripts/benchmark.py --sections=train`, 2
             busy CPU cores, batch 128, density 0.05, float32: LeNet-300-100 1.22× the
             images/s of the uncompiled step, ResNet-20 0.3-0.6×, XLA's convolutions being
-            slower than oneDNN's). With one replica the whole step is compiled (forward, backward and
-            the SGD update); with several, the forward and backward passes, since the
+            slower than oneDNN's). With one replica the whole step is compiled (forward,
+            backward and the SGD update); with several, the forward and backward passes, since the
             gradients' sum across replicas runs outside XLA on a CPU. Masks, checkpoints and
             resumption are as without XLA; the numbers differ by float32 rounding (XLA
             fuses operations).
