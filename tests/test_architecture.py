@@ -28,7 +28,6 @@ from tfprune._keras_compat import (
     is_functional,
     plain_trackable,
     sublayers,
-    variables_in_own_dtype,
 )
 from tfprune.errors import ModelError
 from tfprune.layers import MaskedConv2D, MaskedEinsumDense, MaskedMultiHeadAttention
@@ -248,35 +247,6 @@ def test_plain_trackable_saves_what_is_assigned(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     assert [v.numpy().tolist() for v in loaded.variables] == [[1.5, -2.0]], (
         f"{BROKEN}an AutoTrackable root no longer saves its assigned variables"
-    )
-
-
-class _DtypeProbe(keras.layers.Layer):
-    """Records the dtype its weight reads in, inside and outside `variables_in_own_dtype`."""
-
-    def build(self, input_shape):
-        self.w = self.add_weight(name="w", shape=(2,), initializer="ones")
-        self.seen = []
-
-    def call(self, inputs):
-        self.seen.append(keras.ops.convert_to_tensor(self.w).dtype)
-        with variables_in_own_dtype():
-            self.seen.append(keras.ops.convert_to_tensor(self.w).dtype)
-        self.seen.append(keras.ops.convert_to_tensor(self.w).dtype)
-        return inputs
-
-
-def test_variables_in_own_dtype_reads_float32_inside_a_mixed_policy_call():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        layer = _DtypeProbe()
-    finally:
-        keras.config.set_dtype_policy(previous)
-    layer(np.ones((1, 2), np.float32))
-    assert layer.seen == [tf.bfloat16, tf.float32, tf.bfloat16], (
-        f"{BROKEN}keras.src.backend.AutocastScope(None) no longer stops the autocast of a "
-        "mixed-policy call: update _keras_compat.variables_in_own_dtype"
     )
 
 

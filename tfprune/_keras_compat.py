@@ -17,12 +17,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-# Why private: under a mixed dtype policy, `Layer.__call__` opens an `AutocastScope` in which
-# every float variable reads cast to the compute dtype, and Keras offers no public way to read
-# one in its own dtype there. `variables_in_own_dtype` opens the scope Keras opens for a layer
-# that does not autocast (`AutocastScope(None)`).
-from keras.src.backend import AutocastScope
-
 # Why private: `MultiHeadAttention.build` makes its query, key, value, output (and gate)
 # projections by calling the name `EinsumDense` of the module imported here, and Keras offers no
 # argument or hook to make them of another class. `attention_projections` replaces that name
@@ -134,20 +128,6 @@ def _exact_moments(layer, inputs, mask):
     mean = ops.mean(inputs, axis=axes, keepdims=True)
     variance = ops.mean(ops.square(inputs - mean), axis=axes)
     return ops.squeeze(mean, axis=axes), variance
-
-
-@contextlib.contextmanager
-def variables_in_own_dtype() -> Iterator[None]:
-    """Makes the variables read in this context, in this thread, read in their own dtype, even
-    inside the call of a layer under a mixed dtype policy.
-
-    Example:
-
-    >>> with variables_in_own_dtype():
-    ...     product = ops.multiply(kernel, mask)  # float32 under "mixed_bfloat16"
-    """
-    with AutocastScope(None):
-        yield
 
 
 def plain_trackable() -> tf.__internal__.tracking.AutoTrackable:

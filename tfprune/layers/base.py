@@ -15,7 +15,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from tfprune._keras_compat import sublayers, variables_in_own_dtype
+from tfprune._keras_compat import sublayers
 from tfprune.errors import ModelError
 
 PACKAGE = "tfprune"
@@ -80,21 +80,10 @@ class MaskedLayer(keras.layers.Layer):
         return mask
 
     def masked(self, weight: keras.Variable):
-        """`weight * mask` for a weight registered with `add_mask`, as the forward pass reads it.
-
-        The product is taken in the variables' dtype and then cast to the dtype the call reads
-        the weight in: under a mixed policy, one float32 multiply and one cast, where reading
-        both variables in the compute dtype would cost two casts and a multiply in 16 bits
-        (slow on CPUs), and the gradient reaches the kernel through a float32 multiply too.
-        The values are those of the stripped kernel cast to the compute dtype, as `strip`'s
-        stock layer reads it.
-        """
+        """`weight * mask` for a weight registered with `add_mask`, as the forward pass reads it."""
         for kernel, mask in self.prunable_pairs():
             if kernel is weight:
-                dtype = weight.dtype  # the compute dtype while a mixed-policy layer calls
-                with variables_in_own_dtype():
-                    product = ops.multiply(weight, ops.cast(mask, weight.dtype))
-                return ops.cast(product, dtype)
+                return ops.multiply(weight, ops.cast(mask, weight.dtype))
         raise ModelError(f"layer {self.name!r}: {weight.name!r} has no mask (see add_mask)")
 
     def prunable_pairs(self) -> list[tuple[keras.Variable, keras.Variable]]:
