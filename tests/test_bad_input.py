@@ -221,7 +221,7 @@ CLI_CASES = [
         "shard-past-end",
         "sweep",
         [SNIP, "--methods=snip", "--output_dir={tmp}/sweep", "--shard=3/2"],
-        ["--shard must look like i/N with 0 <= i < N, got '3/2'"],
+        ["--shard must look like i/N with 0 <= i < N or auto, got '3/2'"],
     ),
     (
         "sweep-bad-binding",

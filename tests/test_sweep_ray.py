@@ -4,7 +4,6 @@ cluster of two nodes on this machine, one of which dies in the middle of a sweep
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import fcntl
 import json
@@ -15,14 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import _procs
 import pytest
 
 from tfprune.errors import ConfigError
-from tfprune.executors.base import CellJob, Outcome, cell_name, read_rows, run_cell
+from tfprune.executors.base import CellJob, Outcome, cell_name, read_rows
 from tfprune.executors.ray import CellLost, RayExecutor, attempt
 from tfprune.sweep import parse_shard, slurm_shard
 
@@ -220,8 +218,10 @@ def test_an_attempt_runs_the_cells_command_once_no_one_holds_its_run_directory(
 
 
 def test_an_interrupted_attempt_stops_its_cell_with_sigterm(tmp_path):
-    # How Ray cancels a running task: KeyboardInterrupt in the thread that runs it.
-    script = (
+    # How Ray cancels a running task: KeyboardInterrupt in the thread that runs it. The attempt
+    # runs in the main thread of a process of its own (a test runner's worker may not run
+    # tests in its main thread, where `interrupt_main` delivers the interrupt).
+    cell = (
         "import signal, sys, time\n"
         "stop = lambda *a: (print('checkpoint, then stop'), sys.exit(143))\n"
         "signal.signal(signal.SIGTERM, stop)\n"
@@ -230,19 +230,29 @@ def test_an_interrupted_attempt_stops_its_cell_with_sigterm(tmp_path):
         "print('finished')\n"
     )
     log = tmp_path / "x.log"
-    job = CellJob("x", "runs/x", str(tmp_path / "x"), str(log), ("-c", script))
-    timer = threading.Thread(target=lambda: _interrupt_when(log, "training"), daemon=True)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        run_cell(job)
-    timer.join()
+    driver = (
+        "import _thread, sys, threading, time\n"
+        "from tfprune.executors.base import CellJob, run_cell\n"
+        "log, cell, run_dir = sys.argv[1], sys.argv[2], sys.argv[3]\n"
+        "def interrupt_when_training():\n"
+        "    while 'training' not in (open(log).read() if __import__('os').path.exists(log) "
+        "else ''):\n"
+        "        time.sleep(0.05)\n"
+        "    _thread.interrupt_main()\n"
+        "threading.Thread(target=interrupt_when_training, daemon=True).start()\n"
+        "try:\n"
+        "    run_cell(CellJob('x', 'runs/x', run_dir, log, ('-c', cell)))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver, str(log), cell, str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "interrupted", done.stderr[-2000:]
     assert log.read_text() == "training\ncheckpoint, then stop\n"
-
-
-def _interrupt_when(path, text):
-    while not (path.exists() and text in path.read_text()):
-        time.sleep(0.05)
-    _thread.interrupt_main()
 
 
 # --- the flags ----------------------------------------------------------------------------------
