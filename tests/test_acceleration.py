@@ -6,20 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _tolerance import tolerance
+from _toy import toy_problem, toy_trainer
 
 import tfprune
 from tfprune.errors import ConfigError
 from tfprune.layers import MaskedDense
 from tfprune.layers.precision import dtype_policy
-from tfprune.training import Interrupted, TrainConfig, Trainer
+from tfprune.training import Interrupted, TrainConfig
 from tfprune.training.acceleration import uses_xla
-
-
-def _toy_problem(seed=0, n=96):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-    return x, y
 
 
 def _pruned_toy_model(policy="float32"):
@@ -39,16 +33,7 @@ def _pruned_toy_model(policy="float32"):
 
 
 def _trainer(output_dir, config, model, **kwargs):
-    x, y = _toy_problem()
-
-    def train_data(epoch, skip):
-        order = np.random.default_rng(epoch).permutation(len(x))
-        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32).skip(skip)
-
-    def eval_data():
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-
-    return Trainer(model, config, train_data, eval_data, 3, str(output_dir), **kwargs)
+    return toy_trainer(output_dir, config, model, *toy_problem(), **kwargs)
 
 
 def _state(model):
@@ -63,7 +48,7 @@ def _state(model):
 def _xla_calls(trainer):
     """Names of the functions that the traced training loop must compile with XLA (TensorFlow
     raises rather than running such a function uncompiled)."""
-    x, y = _toy_problem()
+    x, y = toy_problem()
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     graph = trainer._train_steps.get_concrete_function(iterator, tf.constant(1)).graph
@@ -258,7 +243,7 @@ def test_fit_with_prune_at_and_strip_of_a_mixed_bfloat16_model():
             [keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2)]
         )
     model = tfprune.masked(stock)
-    x, y = _toy_problem()
+    x, y = toy_problem()
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -299,7 +284,7 @@ def test_export_of_a_mixed_bfloat16_network_keeps_exact_zeros_and_converts_to_fl
     interpreter.allocate_tensors()
     (inputs,), (outputs,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inputs["dtype"] == outputs["dtype"] == np.float32
-    x = _toy_problem()[0][:1]
+    x = toy_problem()[0][:1]
     interpreter.set_tensor(inputs["index"], x)
     interpreter.invoke()
     (w1, b1), (w2, b2) = [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _tolerance import approx
+from _toy import toy_problem, toy_trainer
 
 from tfprune import execute as experiment_lib
 from tfprune.errors import ConfigError
@@ -509,20 +510,9 @@ def test_snip_at_a_later_step_prunes_the_trained_weights_and_resets_momentum(tmp
 
 
 def _toy_trainer(output_dir, config, **kwargs):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 6)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((6,)), MaskedDense(8, activation="relu"), MaskedDense(2)])
-
-    def train_data(epoch, skip):
-        order = np.random.default_rng(epoch).permutation(len(x))
-        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32).skip(skip)
-
-    def eval_data():
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-
-    return Trainer(model, config, train_data, eval_data, 3, str(output_dir), **kwargs)
+    return toy_trainer(output_dir, config, model, *toy_problem(), **kwargs)
 
 
 def test_trainer_keeps_snapshots_at_the_requested_steps(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from _tolerance import tolerance
+from _toy import toy_problem, toy_trainer
 
 from tfprune.errors import ConfigError, TrainingError
 from tfprune.layers import MaskedDense
@@ -130,13 +131,6 @@ def test_bad_training_settings(field, value):
         TrainConfig(**{field: value}).validate()
 
 
-def _toy_problem(seed=0, n=96):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 6)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-    return x, y
-
-
 def _toy_model():
     keras.utils.set_random_seed(1)
     return keras.Sequential([keras.Input((6,)), MaskedDense(8, activation="relu"), MaskedDense(2)])
@@ -155,20 +149,11 @@ def _float64_logits(model, x):
 
 
 def _trainer(output_dir, config, x, y, model=None, **kwargs):
-    model = model or _toy_model()
-
-    def train_data(epoch, skip):
-        order = np.random.default_rng(epoch).permutation(len(x))
-        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(32).skip(skip)
-
-    def eval_data():
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-
-    return Trainer(model, config, train_data, eval_data, 3, str(output_dir), **kwargs)
+    return toy_trainer(output_dir, config, model or _toy_model(), x, y, **kwargs)
 
 
 def test_trainer_learns_and_checkpoints_every_epoch(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=4, learning_rate=0.5, progress=False, keep_checkpoints=2)
     trainer = _trainer(tmp_path, config, x, y)
     state = trainer.run()
@@ -190,7 +175,7 @@ def test_trainer_learns_and_checkpoints_every_epoch(tmp_path):
 
 
 def test_resume_restores_model_optimizer_and_state(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, momentum=0.9, progress=False)
     first = _trainer(tmp_path, config, x, y)
     first.run()
@@ -205,7 +190,7 @@ def test_resume_restores_model_optimizer_and_state(tmp_path):
 
 
 def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=3, learning_rate=0.3, momentum=0.9, progress=False)
     whole = _trainer(tmp_path / "whole", config, x, y).run()
     calls = {"n": 0}
@@ -226,7 +211,7 @@ def test_interrupted_and_resumed_training_equals_uninterrupted(tmp_path):
 
 
 def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, progress=False)
     trainer = _trainer(tmp_path, config, x, y)
     trainer.run()
@@ -237,7 +222,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
 
 
 def test_checkpoint_state_is_json(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     trainer = _trainer(tmp_path, TrainConfig(epochs=1, progress=False), x, y)
     trainer.run()
     with open(os.path.join(checkpoints(trainer.checkpoint_dir)[0], "state.json")) as f:
@@ -247,7 +232,7 @@ def test_checkpoint_state_is_json(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=3, learning_rate=0.5, progress=False, log_every_steps=1)
     trainer = _trainer(tmp_path, config, x, y)
     trainer.run()
@@ -258,7 +243,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
 
 
 def test_on_step_hook_runs_before_each_iteration_and_at_the_end(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     seen = []
     trainer = _trainer(
         tmp_path,
@@ -381,7 +366,7 @@ def _tensorboard_scalars(log_dir):
 
 
 def test_tensorboard_gets_each_tag_once_per_step(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, log_every_steps=2)
     _trainer(tmp_path, config, x, y).run()
     counts = _tensorboard_scalars(tmp_path / "tensorboard")
@@ -408,7 +393,7 @@ def _renamed_model():
 
 
 def test_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=1, learning_rate=0.5, progress=False)
     _trainer(tmp_path, config, x, y).run()
     trainer = _trainer(tmp_path, config, x, y, model=_renamed_model())
@@ -466,7 +451,7 @@ def _damage(path, how):
 def test_any_damaged_file_of_the_newest_checkpoint_falls_back_to_the_previous(
     tmp_path, name, how
 ):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, momentum=0.9, progress=False)
     trainer = _trainer(tmp_path, config, x, y, keep_steps=[3])
     trainer.run()
@@ -521,7 +506,7 @@ class _Recorder(Callback):
 
 
 def test_hooks_run_in_order_and_compiled_calls_stop_at_the_asked_steps(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, log_every_steps=2)
     recorder = _Recorder({1, 6})
     state = _trainer(tmp_path, config, x, y, hook_steps=(), callbacks=[recorder]).run()
@@ -562,7 +547,7 @@ def test_hooks_run_in_order_and_compiled_calls_stop_at_the_asked_steps(tmp_path)
 def test_a_stop_in_mid_epoch_calls_on_interrupt_before_the_checkpoint(tmp_path):
     from tfprune.training import Interrupted
 
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=2, learning_rate=0.5, progress=False, steps_per_execution=1)
     recorder = _Recorder(())
     polls = {"n": 0}
@@ -603,7 +588,7 @@ class _PruneHalf(MaskUpdate):
 
 def _trainer_of_7_iterations_an_epoch(output_dir, **kwargs):
     """100 examples in batches of 16 (the last one short), 3 epochs, 3 iterations a call."""
-    x, y = _toy_problem(n=100)
+    x, y = toy_problem(n=100)
 
     def train_data(epoch, skip):
         order = np.random.default_rng(epoch).permutation(len(x))
@@ -724,7 +709,7 @@ def test_mask_update_regrows_weights_at_zero_with_fresh_momentum(tmp_path):
 
 @pytest.mark.parametrize("bad", ["unknown path", "wrong shape", "not 0/1"])
 def test_a_bad_mask_update_is_refused_and_changes_nothing(tmp_path, bad):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     trainer = _trainer(tmp_path, TrainConfig(epochs=1, progress=False), x, y)
     first, second = (layer.kernel.path for layer in trainer.model.layers)
     masks, message = {
@@ -756,7 +741,7 @@ def test_a_bad_mask_update_is_refused_and_changes_nothing(tmp_path, bad):
 
 
 def test_reset_optimizer_slots_of_chosen_positions_keeps_the_others(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.9, progress=False)
     trainer = _trainer(tmp_path, config, x, y)
     trainer.run()
@@ -791,7 +776,7 @@ def test_reset_optimizer_slots_of_chosen_positions_keeps_the_others(tmp_path):
 
 
 def test_train_steps_runs_the_loop_s_iterations(tmp_path):
-    x, y = _toy_problem()
+    x, y = toy_problem()
     config = TrainConfig(epochs=1, learning_rate=0.5, momentum=0.9, progress=False)
     state = _trainer(tmp_path / "run", config, x, y).run()
     looped = _trainer(tmp_path / "run", config, x, y)
