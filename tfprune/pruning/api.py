@@ -399,21 +399,22 @@ def _prune_scored(
     revives = bool(entry.settings.get("revives"))
     scores = {}
     try:
-        for i in range(1, rounds + 1):
-            target = density ** (i / rounds)
-            layer_counts = (
-                None if counts is None else _round_counts(counts, i, rounds, target, density)
-            )
-            _give_budget(scorer, masks, target, allocation, layer_counts, min_layer_density)
-            with computed_in_float32(model):
+        # Mixed-precision layers score in float32: switched once for every round.
+        with computed_in_float32(model):
+            for i in range(1, rounds + 1):
+                target = density ** (i / rounds)
+                layer_counts = (
+                    None if counts is None else _round_counts(counts, i, rounds, target, density)
+                )
+                _give_budget(scorer, masks, target, allocation, layer_counts, min_layer_density)
                 scores = scorer(model, weights, batches, rng)
-            candidates = original if revives else masks
-            if layer_counts is None:
-                scope = "layer" if allocation == registry.LAYER else "global"
-                masks = select(scores, candidates, target, scope, invert, min_layer_density)
-            else:
-                masks = select_counts(scores, candidates, layer_counts, invert)
-            assign_masks(model, masks)
+                candidates = original if revives else masks
+                if layer_counts is None:
+                    scope = "layer" if allocation == registry.LAYER else "global"
+                    masks = select(scores, candidates, target, scope, invert, min_layer_density)
+                else:
+                    masks = select_counts(scores, candidates, layer_counts, invert)
+                assign_masks(model, masks)
     except ConfigError:
         # A later round can reject min_layer_density; a rejected call prunes nothing.
         assign_masks(model, original)
