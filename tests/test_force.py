@@ -151,13 +151,13 @@ def _assert_same_state(model: keras.Model, before) -> None:
 def _record_rounds(monkeypatch) -> list[dict[str, np.ndarray]]:
     """The masks `prune` assigns, round by round."""
     assigned = []
-    real_assign = api.assign_masks
+    real_assign = api.assign_selected
 
-    def recording_assign(model, masks):
+    def recording_assign(weights, masks):
         assigned.append({p: np.array(m, copy=True) for p, m in masks.items()})
-        real_assign(model, masks)
+        real_assign(weights, masks)
 
-    monkeypatch.setattr(api, "assign_masks", recording_assign)
+    monkeypatch.setattr(api, "assign_selected", recording_assign)
     return assigned
 
 

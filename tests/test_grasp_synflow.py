@@ -374,7 +374,7 @@ def test_synflow_runs_100_rounds_by_default_and_copies_once(monkeypatch):
 
 def _synflow_trace_count(model) -> int:
     flow = synflow._flow_of(model, prunable_weights(model), None, synflow.ABSOLUTE)
-    return flow._flow_gradients.experimental_get_tracing_count()
+    return flow._flow_scores.experimental_get_tracing_count()
 
 
 def test_synflow_traces_and_copies_once_per_model_and_reads_the_current_weights(monkeypatch):

@@ -409,13 +409,13 @@ def test_prune_rounds_are_nested_and_exact(monkeypatch):
     model = _cnn()
     total = _total(model)
     assigned = []
-    real_assign = api.assign_masks
+    real_assign = api.assign_selected
 
-    def recording_assign(model, masks):
+    def recording_assign(weights, masks):
         assigned.append({p: m.copy() for p, m in masks.items()})
-        real_assign(model, masks)
+        real_assign(weights, masks)
 
-    monkeypatch.setattr(api, "assign_masks", recording_assign)
+    monkeypatch.setattr(api, "assign_selected", recording_assign)
     masks = tfprune.prune(model, "random", 0.05, rounds=5, seed=1)
     assert len(assigned) == 5
     counts = [_kept(m) for m in assigned]

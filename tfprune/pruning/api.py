@@ -20,6 +20,7 @@ from tfprune.pruning.ablations import check_ablations, reinitialize, shuffle_mas
 from tfprune.pruning.layerwise import erk_counts
 from tfprune.pruning.masks import (
     assign_masks,
+    assign_selected,
     collapsed_layers,
     get_masks,
     layer_densities,
@@ -137,7 +138,7 @@ def score(
     rng = streams.generator(_check_seed(seed), "scores")
     with computed_in_float32(model):
         scores = scorer(model, weights, batches, rng)
-    return {path: np.asarray(scores[path], dtype=np.float64) for path in weights}
+    return {path: np.array(scores[path], dtype=np.float64) for path in weights}
 
 
 @dataclasses.dataclass
@@ -414,7 +415,7 @@ def _prune_scored(
                     masks = select(scores, candidates, target, scope, invert, min_layer_density)
                 else:
                     masks = select_counts(scores, candidates, layer_counts, invert)
-                assign_masks(model, masks)
+                assign_selected(weights, masks)
     except ConfigError:
         # A later round can reject min_layer_density; a rejected call prunes nothing.
         assign_masks(model, original)

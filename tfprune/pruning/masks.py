@@ -15,7 +15,8 @@ from tfprune.layers import prunable_weights
 
 def get_masks(model: keras.layers.Layer) -> dict[str, np.ndarray]:
     """Returns `{kernel path: mask}` of every prunable kernel of `model` (copies)."""
-    return {path: np.array(w.mask.numpy()) for path, w in prunable_weights(model).items()}
+    # `Variable.numpy` returns a copy already.
+    return {path: w.mask.numpy() for path, w in prunable_weights(model).items()}
 
 
 def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> None:
@@ -45,8 +46,14 @@ def assign_masks(model: keras.layers.Layer, masks: dict[str, np.ndarray]) -> Non
             raise ConfigError(f"mask for {path} has values other than 0 and 1")
         values[path] = value
     # Assigned only once every mask is checked, so a rejected call leaves the model unchanged.
+    assign_selected(weights, values)
+
+
+def assign_selected(weights: dict, masks: dict[str, np.ndarray]) -> None:
+    """Assigns masks that selection made (0/1 arrays of the kernels' shapes, one per path of
+    `prunable_weights`, as `weights` lists them) without checking them again."""
     for path, weight in weights.items():
-        weight.mask.assign(values[path].astype(weight.mask.dtype))
+        weight.mask.assign(np.asarray(masks[path], dtype=weight.mask.dtype))
 
 
 def checked_positions(model: keras.layers.Layer, positions: dict) -> dict:

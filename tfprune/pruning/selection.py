@@ -169,16 +169,23 @@ def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -
     kept = np.zeros(scores.shape, dtype=np.float32)
     if count <= 0:
         return kept
+    alive = np.asarray(alive) != 0
     alive_index = np.flatnonzero(alive)
     if count >= alive_index.size:
         kept[alive_index] = 1.0
         return kept
-    candidate = scores[alive_index].astype(np.float64)
-    # Ascending order of `order` is the keeping order: the best come first.
-    order = candidate if invert else -candidate
-    threshold = np.partition(order, count - 1)[count - 1]
-    better = order < threshold
-    ties = np.flatnonzero(order == threshold)[: count - int(np.count_nonzero(better))]
-    kept[alive_index[better]] = 1.0
-    kept[alive_index[ties]] = 1.0
+    # Every weight alive (the first round): the scores themselves, without a gathered copy.
+    every = alive_index.size == scores.size
+    candidate = scores if every else scores[alive_index]
+    # The `count`-th best in ascending position: the best are the highest (lowest for invert).
+    position = count - 1 if invert else candidate.size - count
+    threshold = np.partition(candidate, position)[position]
+    better = candidate < threshold if invert else candidate > threshold
+    ties = np.flatnonzero(candidate == threshold)[: count - int(np.count_nonzero(better))]
+    if every:
+        kept[better] = 1.0
+        kept[ties] = 1.0
+    else:
+        kept[alive_index[better]] = 1.0
+        kept[alive_index[ties]] = 1.0
     return kept

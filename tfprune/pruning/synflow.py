@@ -248,7 +248,7 @@ class _Flow:
         self._parameters = None
         self._factors = None
         slots = [kernel_slots[path] for path in weights]
-        mask_slots = [self._mask_slots[path][:2] for path in self._mask_slots]
+        mask_slots = list(self._mask_slots.values())
         dtypes = _input_dtypes(network, len(shapes))
         ones = [
             tf.ones((1, *shape), dtype=dtype) for shape, dtype in zip(shapes, dtypes, strict=True)
@@ -257,14 +257,16 @@ class _Flow:
 
         # Traced without AutoGraph, as Keras traces its own training step: the network's
         # Python code runs once per trace, and the trace serves every round and every call.
+        # A round passes the model's masks as they are and gets the keep-scores back, computed
+        # (with the checks of R) in the graph: no per-round copies of the weights in Python.
         @tf.function(autograph=False)
-        def flow_gradients(masks):
+        def flow_scores(masks):
             values = {
                 group: [None if v is None else tf.convert_to_tensor(v) for v in variables]
                 for group, variables in self._parameters.items()
             }
-            for (group, index), mask in zip(mask_slots, masks, strict=True):
-                values[group][index] = mask
+            for (group, index, dtype), mask in zip(mask_slots, masks, strict=True):
+                values[group][index] = tf.cast(mask, dtype)
             trainable, non_trainable = values["trainable"], values["non_trainable"]
             kernels = [values[group][index] for group, index in slots]
             with tf.GradientTape() as tape:
@@ -274,9 +276,18 @@ class _Flow:
                     [tf.reduce_sum(tf.cast(o, tf.float64)) for o in tf.nest.flatten(outputs)]
                 )
             grads = dense_gradients(tape, flow, kernels)
-            return flow, grads
+            finite = tf.reduce_all(
+                [tf.math.is_finite(flow)]
+                + [tf.reduce_all(tf.math.is_finite(grad)) for grad in grads]
+            )
+            scores = [
+                factor * tf.abs(tf.cast(grad, tf.float64))
+                for factor, grad in zip(self._factors, grads, strict=True)
+            ]
+            nonzero = tf.reduce_any([tf.reduce_any(score != 0) for score in scores])
+            return flow, scores, finite, nonzero
 
-        self._flow_gradients = flow_gradients
+        self._flow_scores = flow_scores
         self._dtype = network.compute_dtype
 
     @property
@@ -309,32 +320,31 @@ class _Flow:
                     variables.append(tf.Variable(value, trainable=False))
                 else:
                     variables[index].assign(value)
-        self._factors = {
-            path: self._linearisation.kernel_factor(np.float64(w.kernel.numpy()))
-            for path, w in weights.items()
-        }
+        factors = [
+            self._linearisation.kernel_factor(np.float64(w.kernel.numpy()))
+            for w in weights.values()
+        ]
+        if first:
+            self._factors = [tf.Variable(f, trainable=False, dtype=tf.float64) for f in factors]
+        else:
+            for variable, factor in zip(self._factors, factors, strict=True):
+                variable.assign(factor)
 
     def scores(self, weights) -> dict[str, np.ndarray]:
         """Returns `{path: |w ⊙ ∂R/∂w|}` under the model's current masks."""
         name, described = self._linearisation.method, self._linearisation.described
-        masks = [
-            tf.constant(weights[path].mask.numpy(), dtype=dtype)
-            for path, (_, _, dtype) in self._mask_slots.items()
-        ]
+        masks = [tf.convert_to_tensor(weights[path].mask.value) for path in self._mask_slots]
         with _ones_responses(self._ones_layers), unwrapped_errors():
-            flow, grads = self._flow_gradients(masks)
-        grads = [np.float64(g.numpy()) for g in grads]
-        if not np.isfinite(flow.numpy()) or not all(np.all(np.isfinite(g)) for g in grads):
+            flow, scores, finite, nonzero = self._flow_scores(masks)
+        if not finite:
             raise ModelError(
                 f"{name}'s R, the output sum of the {described} {self._name!r}, "
                 f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
                 "(a functional or Sequential model whose layers rebuild from get_config)"
             )
-        scores = {
-            path: self._factors[path] * np.abs(grad)
-            for path, grad in zip(weights, grads, strict=True)
-        }
-        if not any(np.any(score) for score in scores.values()):
+        # Without `numpy()`'s copy: the tensors are this call's own.
+        scores = {path: np.asarray(score) for path, score in zip(weights, scores, strict=True)}
+        if not nonzero:
             logging.warning(
                 "%s scores every weight of %r 0: its output sum does not depend on the "
                 "kernels (a softmax output sums to 1: score the logits)",
