@@ -28,6 +28,7 @@ from tfprune._keras_compat import (
     is_functional,
     plain_trackable,
     sublayers,
+    read_in_own_dtype,
 )
 from tfprune.errors import ModelError
 from tfprune.layers import MaskedConv2D, MaskedEinsumDense, MaskedMultiHeadAttention
@@ -248,6 +249,37 @@ def test_plain_trackable_saves_what_is_assigned(tmp_path):
     assert [v.numpy().tolist() for v in loaded.variables] == [[1.5, -2.0]], (
         f"{BROKEN}an AutoTrackable root no longer saves its assigned variables"
     )
+
+
+class _DtypeProbe(keras.layers.Layer):
+    """Records the dtypes its weight reads in, plainly and through `read_in_own_dtype`."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="w", shape=(2,), initializer="ones")
+        self.seen = []
+
+    def call(self, inputs):
+        value, cast = read_in_own_dtype(self.w)
+        self.seen += [keras.ops.convert_to_tensor(self.w).dtype, value.dtype, cast(value).dtype]
+        return inputs
+
+
+def test_read_in_own_dtype_reads_float32_inside_a_mixed_policy_call():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = _DtypeProbe()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    layer(np.ones((1, 2), np.float32))
+    assert layer.seen == [tf.bfloat16, tf.float32, tf.bfloat16], (
+        f"{BROKEN}keras.src.backend.AutocastScope(None) no longer stops the autocast of a "
+        "mixed-policy call, or Variable._autocast is gone: update "
+        "_keras_compat.read_in_own_dtype"
+    )
+    # Outside a call (no autocast scope): the variable's own dtype, and no cast.
+    value, cast = read_in_own_dtype(layer.w)
+    assert value.dtype == cast(value).dtype == tf.float32
 
 
 class _Projection(MaskedEinsumDense):

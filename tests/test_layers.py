@@ -17,6 +17,7 @@ from _tolerance import tolerance
 import tfprune
 from tfprune.errors import ModelError
 from tfprune.layers import MaskedConv2D, MaskedDense, prunable_weights
+from tfprune.layers.precision import dtype_policy
 
 
 def _random_mask(rng: np.random.Generator, shape) -> np.ndarray:
@@ -245,6 +246,46 @@ def test_gradient_is_zero_at_pruned_weights(cls, config, x_shape):
     assert np.count_nonzero(grad[mask == 1]) == np.count_nonzero(mask)
     # d/dw L(w * m) = m * L'(w * m): the kept weights get the stock layer's gradient, which
     # the same ops compute from the same values, so bit for bit.
+    np.testing.assert_array_equal(grad, stock_grad * mask)
+
+
+@pytest.mark.parametrize("cls, stock_cls, config, x_shape", [
+    (MaskedDense, keras.layers.Dense, dict(units=5, activation="tanh"), (4, 3)),
+    (MaskedConv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3), (2, 5, 5, 3)),
+])
+def test_mixed_precision_layer_masks_in_float32_as_its_stock_twin_reads(
+    cls, stock_cls, config, x_shape
+):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=x_shape).astype(np.float32)
+    with dtype_policy("mixed_bfloat16"):
+        layer, stock = cls(**config), stock_cls(**config)
+    layer(x), stock(x)
+    mask = _random_mask(rng, layer.mask.shape)
+    layer.mask.assign(mask)
+    stock.kernel.assign(layer.kernel.numpy() * mask)
+    stock.bias.assign(layer.bias)
+
+    # One multiply of the float32 variables, then the cast to bfloat16 the stock layer makes.
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec(x_shape)).graph
+    multiplies = [op for op in graph.get_operations() if op.type == "Mul"]
+    assert [(op.outputs[0].dtype, tuple(op.outputs[0].shape)) for op in multiplies] == [
+        (tf.float32, tuple(mask.shape))
+    ]
+    with tf.GradientTape() as tape:
+        outputs = layer(x)
+        loss = tf.reduce_sum(tf.square(tf.cast(outputs, tf.float32)))
+    grad = tape.gradient(loss, layer.kernel.value).numpy()
+    with tf.GradientTape() as tape:
+        stock_outputs = stock(x)
+        stock_loss = tf.reduce_sum(tf.square(tf.cast(stock_outputs, tf.float32)))
+    stock_grad = tape.gradient(stock_loss, stock.kernel.value).numpy()
+
+    assert outputs.dtype == tf.bfloat16 and grad.dtype == np.float32
+    # The same ops on the same values: bit for bit.
+    np.testing.assert_array_equal(outputs.numpy(), stock_outputs.numpy())
+    assert np.all(grad[mask == 0] == 0.0)
+    assert np.count_nonzero(grad[mask == 1]) == np.count_nonzero(mask)
     np.testing.assert_array_equal(grad, stock_grad * mask)
 
 

@@ -17,6 +17,13 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+# Why private: under a mixed dtype policy, `Layer.__call__` opens an `AutocastScope` in which
+# every float variable made with `autocast=True` reads cast to the compute dtype, and Keras offers
+# no public way to read one in its own dtype there, nor to ask whether a variable autocasts
+# (`Variable._autocast`). `read_in_own_dtype` reads a kernel in float32 inside such a call, so
+# that a masked layer multiplies kernel and mask in float32 and casts the product once.
+from keras.src.backend import AutocastScope, get_autocast_scope
+
 # Why private: `MultiHeadAttention.build` makes its query, key, value, output (and gate)
 # projections by calling the name `EinsumDense` of the module imported here, and Keras offers no
 # argument or hook to make them of another class. `attention_projections` replaces that name
@@ -183,3 +190,30 @@ def attention_projections(factory: Callable[..., keras.layers.Layer]) -> Iterato
         finally:
             _PROJECTIONS.factory = outer
             _multi_head_attention.EinsumDense = name
+
+
+def read_in_own_dtype(variable: keras.Variable) -> tuple[tf.Tensor, Callable]:
+    """`(value, cast)`: the value of `variable` in its own dtype (or the value a
+    `keras.StatelessScope` gives it, in that value's dtype), and the cast that reading it here
+    would have applied (the current autocast scope's, for a variable that autocasts; else none).
+
+    `cast(f(value))` is then what `f` of the variable as read here would give, with `f`
+    computed in the variable's own dtype.
+
+    Example:
+
+    >>> value, cast = read_in_own_dtype(self.kernel)  # float32 under "mixed_bfloat16"
+    >>> masked = cast(ops.multiply(value, ops.cast(self.mask, value.dtype)))  # bfloat16
+    """
+    scope = get_autocast_scope()
+    with AutocastScope(None):
+        # A tensor, read here: `ops.convert_to_tensor` may hand back the variable itself, which
+        # would be read (and autocast) later, outside this scope.
+        value = tf.convert_to_tensor(variable.value)
+    if scope is not None and getattr(variable, "_autocast", False):
+        return value, scope.maybe_cast
+    return value, _unchanged
+
+
+def _unchanged(value):
+    return value
