@@ -23,8 +23,9 @@ Train: images/s of the compiled training step (the `Trainer`'s, batch 128, SGD w
 0.9 and weight decay 1e-4, one fixed batch) for the masked network at density 0.05 and for its
 stock-Keras twin (`tfprune.strip`: `Dense`/`Conv2D` holding `kernel * mask`), each without and
 with XLA (`training.jit_compile`) and built in float32 and under mixed bfloat16
-(`training.precision`), the fastest of `--repeats` short measurements (~50 ms) alternating
-between the eight (on a shared machine other processes only ever add time); the input
+(`training.precision`), the fastest of short measurements (~50 ms) alternating between the
+eight, at least `--repeats` of each and at least 2 s of each in all (on a shared machine other
+processes only ever add time); the input
 pipeline alone (`tfprune.data.train_dataset` iterated without training: Fashion-MNIST, and for
 ResNet-20 the CIFAR-10 augmentation on synthetic in-memory images); the fastest of three
 epochs of `Trainer.run` end to end; and memory, each variant in a fresh process: resident memory
@@ -42,6 +43,7 @@ keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Em
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import statistics
@@ -261,18 +263,21 @@ EXPORT_DENSITY = 0.05
 EXPORT_BATCHES = (1, 32)
 
 
-def _interleaved_seconds(runners, repeats, budget=0.05, summary=statistics.median):
+def _interleaved_seconds(runners, repeats, budget=0.05, summary=statistics.median, least=0.0):
     """Median (or `summary`) seconds of one call of each runner; measurements alternate between
     the runners (so that a change of machine load hits all of them alike), each averaging
-    ~`budget` s."""
-    calls = {}
+    ~`budget` s; at least `repeats` measurements of each, and more until each runner has been
+    measured for about `least` s (short measurements of a small network vary the most)."""
+    calls, single = {}, {}
     for key, run in runners.items():
         run()
         start = time.perf_counter()
         run()
-        calls[key] = max(1, int(budget / max(time.perf_counter() - start, 1e-6)))
+        single[key] = max(time.perf_counter() - start, 1e-6)
+        calls[key] = max(1, int(budget / single[key]))
+    measurement = max(max(budget, single[key] * calls[key]) for key in runners)
     times = {key: [] for key in runners}
-    for _ in range(repeats):
+    for _ in range(max(repeats, math.ceil(least / measurement))):
         for key, run in runners.items():
             start = time.perf_counter()
             for _ in range(calls[key]):
@@ -379,6 +384,8 @@ MEMORY_STEPS = 30
 # Each measurement of the training variants lasts about this long (seconds): on a busy machine
 # a short measurement is more likely to find the processor free, and the fastest one counts.
 VARIANT_BUDGET = 0.05
+# ... and each variant is measured for at least this long in all (LeNet: ~40 measurements).
+VARIANT_SECONDS = 2.0
 # The training variants compared: (XLA, dtype policy).
 TRAIN_VARIANTS = [(xla, precision) for xla in (False, True)
                   for precision in ("float32", "mixed_bfloat16")]
@@ -499,7 +506,8 @@ def _trainer_epoch_images_per_second(name, steps):
 
 def bench_train(model_names, repeats):
     print(f"\n## Training step: masked layers against stock Keras layers (batch {TRAIN_BATCH}, "
-          f"density {TRAIN_DENSITY}, CPU, fastest of {repeats} alternating measurements), "
+          f"density {TRAIN_DENSITY}, CPU, fastest of at least {repeats} alternating measurements "
+          f"and at least {VARIANT_SECONDS:g} s of each), "
           "without and with XLA (`training.jit_compile`), in float32 and mixed bfloat16 "
           "(`training.precision`)\n")
     print("| network | XLA | precision | masked (img/s) | stock (img/s) | masked / stock | "
@@ -517,7 +525,9 @@ def bench_train(model_names, repeats):
                     precision=precision,
                 )
         # The fastest of the alternating measurements: other processes only ever add time.
-        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
+        seconds = _interleaved_seconds(
+            runners, repeats, budget=VARIANT_BUDGET, summary=min, least=VARIANT_SECONDS
+        )
         rate = {k: TRAIN_BATCH * steps / v for k, v in seconds.items()}
         print("\n".join(_variant_rows(name, rate)))
         label, pipeline = _pipeline_images_per_second(name, 200)
@@ -599,7 +609,8 @@ def _fit_runner(model, x, y, steps, jit_compile=False):
 
 def bench_fit(model_names, repeats):
     print(f"\n## model.fit: masked layers against stock Keras layers (density {TRAIN_DENSITY}, "
-          f"SGD with momentum 0.9, CPU, fastest of {repeats} alternating measurements), the "
+          f"SGD with momentum 0.9, CPU, fastest of at least {repeats} alternating measurements "
+          f"and at least {VARIANT_SECONDS:g} s of each), the "
           "paper's networks without and with XLA (`compile(jit_compile=...)`), in float32 and "
           "mixed bfloat16\n")
     print("| network | XLA | precision | masked (examples/s) | stock (examples/s) | "
@@ -612,7 +623,9 @@ def bench_fit(model_names, repeats):
             masked, stock, x, y, batch = _fit_networks(name, precision)
             runners["masked", xla, precision] = _fit_runner(masked, x, y, steps, xla)
             runners["stock", xla, precision] = _fit_runner(stock, x, y, steps, xla)
-        seconds = _interleaved_seconds(runners, repeats, budget=VARIANT_BUDGET, summary=min)
+        seconds = _interleaved_seconds(
+            runners, repeats, budget=VARIANT_BUDGET, summary=min, least=VARIANT_SECONDS
+        )
         print("\n".join(_variant_rows(name, {k: batch * steps / v for k, v in seconds.items()})))
     print(f"\n## model.fit of Keras models converted with tfprune.masked (fp32, no XLA, "
           f"fastest of {repeats} alternating measurements)\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import random
 import weakref
@@ -412,14 +413,14 @@ def test_synflow_traces_and_copies_once_per_model_and_reads_the_current_weights(
 def test_one_batch_runs_eagerly_and_gives_the_traced_masks(method):
     """One batch is scored eagerly; after a call on several batches has traced the scorer,
     the same batch is scored by the trace: the same masks, and no retracing after that."""
-    from tfprune.pruning.scorers import _FUNCTIONS
+    from tfprune.pruning.scorers import cached_functions
 
     x, y = _cnn_data(24)
     model = _cnn(seed=10)
     eager = tfprune.score(model, method, data=(x, y), batch_size=24)
-    assert model not in _FUNCTIONS or not _FUNCTIONS[model]
+    assert not cached_functions(model)
     tfprune.score(model, method, data=(x, y), batch_size=12)  # two batches: traced
-    (traced_functions,) = _FUNCTIONS[model].values()
+    (traced_functions,) = cached_functions(model).values()
     traced = tfprune.score(model, method, data=(x, y), batch_size=24)
     tfprune.score(model, method, data=(x, y), batch_size=12)
     for function in tf.nest.flatten(traced_functions):
@@ -549,3 +550,33 @@ def test_scorers_are_registered_with_their_options():
     assert synflow_method.option_defaults() == registry.scorer_options(SynflowScorer) == {}
     with pytest.raises(ConfigError, match="'temperature'"):
         tfprune.score(_cnn(), "synflow", temperature=2.0)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("snip", {}),
+        ("grasp", {}),
+        ("iter_snip", {"rounds": 2}),
+        ("force", {"rounds": 2}),
+        ("prospr", {}),
+        ("ntk_sap", {"rounds": 2}),
+        ("synflow", {"rounds": 2}),
+    ],
+)
+def test_traced_scorers_are_cached_on_the_model_and_die_with_it(method, options):
+    """Two batches trace the scorer, cached for the model; once the model is dropped, the
+    model and its traced functions are freed (the cache does not keep them alive)."""
+    from tfprune.pruning.scorers import cached_functions
+
+    x, y = _cnn_data(24)
+    model = _cnn(seed=11)
+    tfprune.prune(model, method, 0.5, data=(x, y), batch_size=12, **options)
+    functions = cached_functions(model)
+    assert functions, f"{method} cached no traced function"
+    # A copy of the model starts without the original's functions.
+    assert not cached_functions(copy.deepcopy(model))
+    gone, cache = weakref.ref(model), weakref.ref(functions)
+    del model, functions
+    gc.collect()
+    assert gone() is None and cache() is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import weakref
 from collections.abc import Iterator
 
 import keras
@@ -182,20 +181,44 @@ def kernel_positions(model: keras.Model, weights: dict[str, PrunableWeight]) -> 
     return indices
 
 
-_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class _FunctionCache(dict):
+    """A model's traced scoring functions, `{key: function}`, held by the model itself.
+
+    The functions refer to the model, so a cache keyed weakly by the model would keep it alive
+    for good. Held by the model, the model and its functions form one reference cycle, which
+    the garbage collector frees once nothing else refers to the model. A copy of the model
+    (`copy.copy`, `copy.deepcopy`, pickling) starts with an empty cache: the functions belong
+    to the original.
+    """
+
+    def __copy__(self):
+        return _FunctionCache()
+
+    def __deepcopy__(self, memo):
+        return _FunctionCache()
+
+    def __reduce__(self):
+        return (_FunctionCache, ())
+
+
+# Set with `object.__setattr__`, out of Keras' attribute tracking: not a weight, not saved.
+_CACHE_ATTRIBUTE = "_tfprune_scoring_functions"
+
+
+def cached_functions(model: keras.Model) -> dict:
+    """`{key: function}` cached for `model` (empty if none)."""
+    return model.__dict__.get(_CACHE_ATTRIBUTE) or {}
 
 
 def cached_function(model: keras.Model, key: tuple, make):
     """Returns `make()` cached for `(model, key)`; the cache entry dies with the model."""
-    functions = _FUNCTIONS.setdefault(model, {})
+    functions = model.__dict__.get(_CACHE_ATTRIBUTE)
+    if functions is None:
+        functions = _FunctionCache()
+        object.__setattr__(model, _CACHE_ATTRIBUTE, functions)
     if key not in functions:
         functions[key] = make()
     return functions[key]
-
-
-def forget_function(model: keras.Model, key: tuple) -> None:
-    """Drops the cached function of `(model, key)`, if any."""
-    _FUNCTIONS.get(model, {}).pop(key, None)
 
 
 def scoring_function(model: keras.Model, key: tuple, make, batches: int):
@@ -213,7 +236,7 @@ def scoring_function(model: keras.Model, key: tuple, make, batches: int):
         make: Returns the plain Python function (or a tuple of functions, each traced).
         batches: The number of batches it is about to run on.
     """
-    if batches > 1 or key in _FUNCTIONS.get(model, {}):
+    if batches > 1 or key in cached_functions(model):
         return cached_function(model, key, lambda: _each(make(), _traced))
     return _each(make(), _eager)
 

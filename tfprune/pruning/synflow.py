@@ -54,7 +54,6 @@ from tfprune.layers import MaskedLayer
 from tfprune.pruning.scorers import (
     cached_function,
     dense_gradients,
-    forget_function,
     stateless_outputs,
     unwrapped_errors,
 )
@@ -165,10 +164,6 @@ def _flow_of(model: keras.Model, weights, input_shape, linearisation) -> _Flow:
     shapes = _input_shapes(model, input_shape)
     key = ("flow", linearisation.method, tuple(tuple(shape) for shape in shapes), tuple(weights))
     flow = cached_function(model, key, lambda: _make_flow(model, weights, shapes, linearisation))
-    if flow.fallback is not None:
-        # A flow on the model itself holds the model, which a cache entry must not (it would
-        # keep the model alive): it serves this call only.
-        forget_function(model, key)
     if flow.fallback is not None:
         logging.warning(
             "%s computes on model %r itself in %s: %s",
