@@ -35,9 +35,11 @@ added by building the network, and the peak added by 30 training steps (Linux
 Fit: examples/s of `model.fit` (SGD with momentum 0.9, one fixed batch repeated) for the masked
 network at density 0.05 against its stock twin (`tfprune.strip`), for the paper's networks
 without and with XLA (`compile(jit_compile=...)`) in float32 and mixed bfloat16 (short
-measurements, as for Train), and for
-keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block (Embedding,
-4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
+measurements, as for Train); then, without XLA, what the masks cost: the masked network, the
+same network traced with the multiply by its masks left out (a diagnostic, whose pruned
+weights are not masked) and the stock network, for the paper's networks in float32 and
+bfloat16 and for keras.applications MobileNetV2 (32×32×3, batch 32) and a Transformer block
+(Embedding, 4-head attention, 64 tokens, batch 32), both converted with `tfprune.masked`.
 """
 
 from __future__ import annotations
@@ -627,21 +629,46 @@ def bench_fit(model_names, repeats):
             runners, repeats, budget=VARIANT_BUDGET, summary=min, least=VARIANT_SECONDS
         )
         print("\n".join(_variant_rows(name, {k: batch * steps / v for k, v in seconds.items()})))
-    print(f"\n## model.fit of Keras models converted with tfprune.masked (fp32, no XLA, "
-          f"fastest of {repeats} alternating measurements)\n")
-    print("| network | batch | masked (examples/s) | stock (examples/s) | masked / stock |")
-    print("|---|---|---|---|---|")
-    for name in FIT_NETWORKS:
-        masked, stock, x, y, batch = _fit_networks(name)
-        steps = 4
+    print(f"\n## What the masks cost under model.fit (no XLA): the masked network, and the same "
+          f"network traced with the multiply by its masks left out (a diagnostic only: its "
+          f"pruned weights are not masked), against the stock network; fastest of at least "
+          f"{repeats} alternating measurements and at least {2 * VARIANT_SECONDS:g} s of each\n")
+    print("| network | precision | batch | masked (examples/s) | stock (examples/s) | "
+          "masked / stock | without the multiply / stock |")
+    print("|---|---|---|---|---|---|---|")
+    costs = [(name, precision) for name in model_names for precision in PRECISION_LABELS]
+    costs += [(name, "float32") for name in FIT_NETWORKS]
+    for name, precision in costs:
+        masked, stock, x, y, batch = _fit_networks(name, precision)
+        steps = 20 if name == "lenet_300_100" else 4
         runners = {
             "masked": _fit_runner(masked, x, y, steps),
             "stock": _fit_runner(stock, x, y, steps),
+            "unmultiplied": _unmultiplied_fit_runner(name, precision, steps),
         }
-        seconds = _interleaved_seconds(runners, repeats, budget=0.5, summary=min)
+        seconds = _interleaved_seconds(
+            runners, repeats, budget=VARIANT_BUDGET, summary=min, least=2 * VARIANT_SECONDS
+        )
         rate = {k: batch * steps / v for k, v in seconds.items()}
-        print(f"| {name} | {batch} | {rate['masked']:,.0f} | {rate['stock']:,.0f} | "
-              f"{rate['masked'] / rate['stock']:.3f} |")
+        print(f"| {name} | {PRECISION_LABELS[precision]} | {batch} | {rate['masked']:,.0f} | "
+              f"{rate['stock']:,.0f} | {rate['masked'] / rate['stock']:.3f} | "
+              f"{rate['unmultiplied'] / rate['stock']:.3f} |", flush=True)
+
+
+def _unmultiplied_fit_runner(name, precision, steps):
+    """`_fit_runner` of the masked network traced with `MaskedLayer.masked` returning the
+    weight as it is: the masked layers without their multiply, everything else the same."""
+    from tfprune.layers import MaskedLayer
+
+    masked, _, x, y, _ = _fit_networks(name, precision)
+    run = _fit_runner(masked, x, y, steps)
+    real = MaskedLayer.masked
+    MaskedLayer.masked = lambda self, weight: weight
+    try:
+        run()  # traces the step
+    finally:
+        MaskedLayer.masked = real
+    return run
 
 
 FIT_NETWORKS = {"mobilenet_v2": _fit_mobilenet_v2, "transformer_block": _fit_transformer_block}
