@@ -99,7 +99,8 @@ def select(
         )
     flat_scores = np.concatenate([scores[p].ravel() for p in paths])
     flat_alive = np.concatenate(
-        [(masks[p] * (1 - reserved[p]) if reserved else masks[p]).ravel() for p in paths]
+        [((masks[p] != 0) & (reserved[p] == 0) if reserved else masks[p] != 0).ravel()
+         for p in paths]
     )
     kept = _keep_top(flat_scores, flat_alive, remaining, invert)
     result, start = {}, 0
@@ -163,29 +164,32 @@ def _keep_top(scores: np.ndarray, alive: np.ndarray, count: int, invert: bool) -
     """A 0/1 array keeping the `count` best alive scores, ties to the lower flat index.
 
     The same weights as a stable sort of the alive scores taking the first `count`, found in
-    linear time: the `count`-th best score is located by a partition, every better score is
-    kept, and the ties at that score go to the lowest indices.
+    linear time: the `count`-th best score is located by a partition (of a copy of the alive
+    scores), every alive weight scoring better is kept, and the ties at that score go to the
+    lowest indices.
     """
-    kept = np.zeros(scores.shape, dtype=np.float32)
+    alive = np.asarray(alive)
+    if alive.dtype != np.bool_:
+        alive = alive != 0
+    alive_count = int(np.count_nonzero(alive))
+    if count >= alive_count:
+        return alive.astype(np.float32)
     if count <= 0:
-        return kept
-    alive = np.asarray(alive) != 0
-    alive_index = np.flatnonzero(alive)
-    if count >= alive_index.size:
-        kept[alive_index] = 1.0
-        return kept
-    # Every weight alive (the first round): the scores themselves, without a gathered copy.
-    every = alive_index.size == scores.size
-    candidate = scores if every else scores[alive_index]
+        return np.zeros(scores.shape, dtype=np.float32)
+    every = alive_count == scores.size
+    # A copy of the alive scores (a gathered one is a copy already), partitioned in place.
+    candidate = np.array(scores) if every else scores[alive]
     # The `count`-th best in ascending position: the best are the highest (lowest for invert).
     position = count - 1 if invert else candidate.size - count
-    threshold = np.partition(candidate, position)[position]
-    better = candidate < threshold if invert else candidate > threshold
-    ties = np.flatnonzero(candidate == threshold)[: count - int(np.count_nonzero(better))]
-    if every:
-        kept[better] = 1.0
-        kept[ties] = 1.0
-    else:
-        kept[alive_index[better]] = 1.0
-        kept[alive_index[ties]] = 1.0
+    candidate.partition(position)
+    threshold = candidate[position]
+    del candidate
+    better = scores < threshold if invert else scores > threshold
+    tie = scores == threshold
+    if not every:
+        better &= alive
+        tie &= alive
+    ties = np.flatnonzero(tie)[: count - int(np.count_nonzero(better))]
+    kept = better.astype(np.float32)
+    kept[ties] = 1.0
     return kept
