@@ -1,8 +1,8 @@
 """Keras dtype policies: building a network under one, and computing it in float32 for a while.
 
 A network built under a mixed policy (`"mixed_float16"`, `"mixed_bfloat16"`) keeps float32
-variables (and float32 masks, which `MaskedLayer.masked` casts to the compute dtype: 0 and 1
-are exact in 16 bits) and computes in 16 bits. Pruning scores it in float32:
+variables (and float32 masks: `MaskedLayer.masked` multiplies kernel and mask in float32 and
+casts the product to the compute dtype) and computes in 16 bits. Pruning scores it in float32:
 `computed_in_float32` gives its layers their variables' dtype as compute dtype for as long as
 the scoring lasts.
 """

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -212,9 +211,9 @@ class _Flow:
     fallback = None
 
     def __init__(self, model, network, weights, shapes, ones_layers, pairs, linearisation):
-        # Weakly: the flow lives in a cache entry that dies with the model.
-        self._model = weakref.ref(model)
-        self._name = model.name
+        # The flow is cached on the model itself (`cached_function`): the two are freed
+        # together.
+        self.model = model
         self._linearisation = linearisation
         self._ones_layers = ones_layers
         masks = {id(w.mask): path for path, w in weights.items()}
@@ -285,11 +284,6 @@ class _Flow:
         self._flow_scores = flow_scores
         self._dtype = network.compute_dtype
 
-    @property
-    def model(self) -> keras.Model | None:
-        """The model scored (None once it is gone)."""
-        return self._model()
-
     def read_parameters(self, weights) -> None:
         """Reads the model's current parameters: the transformed values R is computed from,
         and each kernel's factor |w t'(w)|."""
@@ -297,7 +291,7 @@ class _Flow:
         first = self._parameters is None
         if first:
             self._parameters = {}
-        masks = {self._mask_slots[path][:2] for path in self._mask_slots}
+        masks = {slot[:2] for slot in self._mask_slots.values()}
         for group, sources in self._sources.items():
             variables = self._parameters.setdefault(group, [])
             for index, (source, dtype, transformed) in enumerate(sources):
@@ -333,7 +327,7 @@ class _Flow:
             flow, scores, finite, nonzero = self._flow_scores(masks)
         if not finite:
             raise ModelError(
-                f"{name}'s R, the output sum of the {described} {self._name!r}, "
+                f"{name}'s R, the output sum of the {described} {self.model.name!r}, "
                 f"overflows {self._dtype} ({flow.numpy()}); score a float64 copy of it "
                 "(a functional or Sequential model whose layers rebuild from get_config)"
             )
@@ -344,7 +338,7 @@ class _Flow:
                 "%s scores every weight of %r 0: its output sum does not depend on the "
                 "kernels (a softmax output sums to 1: score the logits)",
                 name,
-                self._name,
+                self.model.name,
             )
         return scores
 
